@@ -1,0 +1,56 @@
+// swift-tools-version:6.0
+// Parley: an end-to-end encrypted group chat relay.
+// C libraries come from Debian packages through pkg-config; see scripts/setup.
+import PackageDescription
+
+let package = Package(
+    name: "parley",
+    products: [
+        .executable(name: "parley-server", targets: ["parley-server"]),
+        .executable(name: "parley-bot", targets: ["parley-bot"]),
+        .executable(name: "parley", targets: ["parley"]),
+        .executable(name: "parley-bench", targets: ["parley-bench"]),
+        .library(name: "ParleyClient", targets: ["ParleyClient"]),
+    ],
+    targets: [
+        // C at the edge: a module map and a shim header each.
+        .systemLibrary(
+            name: "CLibWebSockets",
+            pkgConfig: "libwebsockets",
+            providers: [.apt(["libwebsockets-dev"])]
+        ),
+        .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+
+        // Layers point one way: executables -> server/client -> store/protocol/crypto -> C.
+        .target(name: "ParleyCrypto", dependencies: ["COpenSSL"]),
+        .target(name: "ParleyProtocol"),
+        .target(name: "ParleyStore", dependencies: ["CLibPQ", "ParleyProtocol"]),
+        .target(
+            name: "ParleyServer",
+            dependencies: ["CLibWebSockets", "ParleyStore", "ParleyProtocol", "ParleyCrypto"]
+        ),
+        .target(
+            name: "ParleyClient",
+            dependencies: ["CLibWebSockets", "ParleyProtocol", "ParleyCrypto"]
+        ),
+
+        .executableTarget(name: "parley-server", dependencies: ["ParleyServer", "ParleyStore"]),
+        .executableTarget(name: "parley-bot", dependencies: ["ParleyClient"]),
+        .executableTarget(name: "parley", dependencies: ["ParleyClient"]),
+        .executableTarget(name: "parley-bench", dependencies: ["ParleyClient"]),
+
+        .testTarget(name: "ParleyCryptoTests", dependencies: ["ParleyCrypto"]),
+        .testTarget(name: "ParleyProtocolTests", dependencies: ["ParleyProtocol"]),
+        .testTarget(name: "ParleyStoreTests", dependencies: ["ParleyStore", "ParleyProtocol"]),
+    ],
+    swiftLanguageModes: [.v6]
+)
