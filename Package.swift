@@ -31,9 +31,10 @@ let package = Package(
         ),
 
         // Layers point one way: executables -> server/client -> store/protocol/crypto -> C.
-        .target(name: "ParleyCrypto", dependencies: ["COpenSSL"]),
-        .target(name: "ParleyProtocol"),
-        .target(name: "ParleyStore", dependencies: ["CLibPQ", "ParleyProtocol"]),
+        .target(name: "ParleyEncoding"),
+        .target(name: "ParleyCrypto", dependencies: ["COpenSSL", "ParleyEncoding"]),
+        .target(name: "ParleyProtocol", dependencies: ["ParleyEncoding"]),
+        .target(name: "ParleyStore", dependencies: ["CLibPQ"]),
         .target(
             name: "ParleyServer",
             dependencies: ["CLibWebSockets", "ParleyStore", "ParleyProtocol", "ParleyCrypto"]
@@ -48,9 +49,12 @@ let package = Package(
         .executableTarget(name: "parley", dependencies: ["ParleyClient"]),
         .executableTarget(name: "parley-bench", dependencies: ["ParleyClient"]),
 
+        // Shared by the test targets: the embedded test database and its helpers.
+        .target(name: "ParleyTestSupport", dependencies: ["ParleyStore"], path: "Tests/ParleyTestSupport"),
+        .testTarget(name: "ParleyEncodingTests", dependencies: ["ParleyEncoding"]),
         .testTarget(name: "ParleyCryptoTests", dependencies: ["ParleyCrypto"]),
-        .testTarget(name: "ParleyProtocolTests", dependencies: ["ParleyProtocol"]),
-        .testTarget(name: "ParleyStoreTests", dependencies: ["ParleyStore", "ParleyProtocol"]),
+        .testTarget(name: "ParleyProtocolTests", dependencies: ["ParleyProtocol", "ParleyEncoding"]),
+        .testTarget(name: "ParleyStoreTests", dependencies: ["ParleyStore", "ParleyTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )
