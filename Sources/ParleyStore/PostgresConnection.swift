@@ -1,0 +1,192 @@
+import CLibPQ
+import Foundation
+
+/// One libpq connection: bind parameters only, statements prepared once per connection,
+/// SQLSTATE-aware errors, and reconnection after the server went away.
+///
+/// Not thread-safe and not `Sendable`: one thread uses it at a time (a worker thread of
+/// the relay, or whoever holds it from a `ConnectionPool`). Owns its `PGconn` and closes
+/// it in `deinit`.
+public final class PostgresConnection {
+    public let connectionString: String
+    public let applicationName: String
+    private var handle: OpaquePointer?
+    private var preparedNames: Set<String> = []
+
+    /// Connects at once; throws `connectionFailed` when the server cannot be reached.
+    public init(connectionString: String, applicationName: String = "parley") throws {
+        self.connectionString = connectionString
+        self.applicationName = applicationName
+        try connect()
+    }
+
+    deinit {
+        if let handle { PQfinish(handle) }
+    }
+
+    /// True while the connection is usable as far as libpq knows (without a round trip).
+    public var isConnected: Bool {
+        guard let handle else { return false }
+        return PQstatus(handle) == CONNECTION_OK
+    }
+
+    /// The server's version number, e.g. 150018 for 15.18.
+    public var serverVersion: Int {
+        guard let handle else { return 0 }
+        return Int(PQserverVersion(handle))
+    }
+
+    /// Drops the current connection (if any) and opens a new one. Prepared statements are
+    /// per connection, so they are prepared again on first use.
+    public func reconnect() throws {
+        if let handle { PQfinish(handle) }
+        handle = nil
+        preparedNames.removeAll()
+        try connect()
+    }
+
+    /// Runs one statement with bind parameters (extended protocol, unnamed statement).
+    @discardableResult
+    public func execute(_ sql: String, _ parameters: [SQLValue] = []) throws -> QueryResult {
+        let connection = try liveHandle()
+        return try withParameters(parameters) { values, lengths, formats in
+            try check(PQexecParams(connection, sql, Int32(parameters.count), nil, values, lengths, formats, 0))
+        }
+    }
+
+    /// Runs a prepared statement, preparing it on this connection the first time.
+    @discardableResult
+    public func execute(_ statement: PreparedStatement, _ parameters: [SQLValue] = []) throws -> QueryResult {
+        let connection = try liveHandle()
+        if !preparedNames.contains(statement.name) {
+            _ = try check(PQprepare(connection, statement.name, statement.sql, Int32(parameters.count), nil))
+            preparedNames.insert(statement.name)
+        }
+        return try withParameters(parameters) { values, lengths, formats in
+            try check(PQexecPrepared(connection, statement.name, Int32(parameters.count), values, lengths, formats, 0))
+        }
+    }
+
+    /// Runs a script of several statements without parameters (simple protocol), such as
+    /// a migration file. Never pass text that came from a client.
+    public func executeScript(_ sql: String) throws {
+        let connection = try liveHandle()
+        _ = try check(PQexec(connection, sql))
+    }
+
+    /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
+    /// The commit is part of the call: when it returns, the work is durable.
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        try executeScript("BEGIN")
+        let value: T
+        do {
+            value = try body()
+        } catch {
+            if isConnected { try? executeScript("ROLLBACK") }
+            throw error
+        }
+        try executeScript("COMMIT")
+        return value
+    }
+
+    // MARK: - libpq plumbing
+
+    private func connect() throws {
+        // application_name comes before dbname so a URL's own setting wins.
+        let keywords = ["application_name", "connect_timeout", "dbname"]
+        let values = [applicationName, "5", connectionString]
+        let connection = withCStringArray(keywords) { keywordPointers in
+            withCStringArray(values) { valuePointers in
+                PQconnectdbParams(keywordPointers, valuePointers, 1)
+            }
+        }
+        guard let connection else {
+            throw StoreError(.connectionFailed, detail: "libpq could not allocate a connection")
+        }
+        guard PQstatus(connection) == CONNECTION_OK else {
+            let message = String(cString: PQerrorMessage(connection))
+            PQfinish(connection)
+            throw StoreError(.connectionFailed, detail: message.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        // Notices ("relation already exists, skipping") are not errors; keep them off stderr.
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
+        handle = connection
+    }
+
+    private func liveHandle() throws -> OpaquePointer {
+        if let handle, PQstatus(handle) == CONNECTION_OK { return handle }
+        try reconnect()
+        guard let handle else {
+            throw StoreError(.connectionFailed, detail: "no connection")
+        }
+        return handle
+    }
+
+    /// Turns a PGresult into a `QueryResult`, or throws with the SQLSTATE when it failed.
+    private func check(_ result: OpaquePointer?) throws -> QueryResult {
+        guard let result else {
+            let message = handle.map { String(cString: PQerrorMessage($0)) } ?? "no connection"
+            throw StoreError(.connectionFailed, detail: message.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        switch PQresultStatus(result) {
+        case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY, PGRES_SINGLE_TUPLE:
+            return QueryResult(taking: result)
+        default:
+            let sqlState = Self.field(result, "C")
+            let constraint = Self.field(result, "n")
+            let message = String(cString: PQresultErrorMessage(result)).trimmingCharacters(in: .whitespacesAndNewlines)
+            PQclear(result)
+            let broken = handle.map { PQstatus($0) != CONNECTION_OK } ?? true
+            let lostConnection = broken && (sqlState.map { $0.hasPrefix("08") } ?? true)
+            let code: StoreError.Code = lostConnection ? .connectionFailed : .queryFailed
+            throw StoreError(code, sqlState: sqlState, constraint: constraint, detail: message)
+        }
+    }
+
+    /// An error field of a failed result; `code` is the PG_DIAG_* letter.
+    private static func field(_ result: OpaquePointer, _ code: Character) -> String? {
+        guard let ascii = code.asciiValue, let pointer = PQresultErrorField(result, Int32(ascii)) else { return nil }
+        return String(cString: pointer)
+    }
+
+    /// Lays the parameters out as libpq wants them: value pointers, lengths, formats.
+    private func withParameters<T>(
+        _ parameters: [SQLValue],
+        _ body: (UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int32>?, UnsafePointer<Int32>?) throws -> T
+    ) throws -> T {
+        if parameters.isEmpty { return try body(nil, nil, nil) }
+        let wires = parameters.map(\.wire)
+        let buffers: [UnsafeMutableBufferPointer<UInt8>?] = wires.map { wire in
+            guard let bytes = wire.bytes else { return nil }
+            let buffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(bytes.count, 1))
+            _ = buffer.initialize(from: bytes)
+            return buffer
+        }
+        defer { buffers.forEach { $0?.deallocate() } }
+        let pointers: [UnsafePointer<CChar>?] = buffers.map { buffer in
+            buffer.flatMap { $0.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self) } }
+        }
+        let lengths = wires.map { Int32($0.bytes?.count ?? 0) }
+        let formats = wires.map { Int32($0.binary ? 1 : 0) }
+        return try pointers.withUnsafeBufferPointer { values in
+            try lengths.withUnsafeBufferPointer { lengthPointer in
+                try formats.withUnsafeBufferPointer { formatPointer in
+                    try body(values.baseAddress, lengthPointer.baseAddress, formatPointer.baseAddress)
+                }
+            }
+        }
+    }
+}
+
+/// Calls `body` with a NULL-terminated array of C strings that live for the call.
+func withCStringArray<T>(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> T) -> T {
+    let array = UnsafeMutablePointer<UnsafePointer<CChar>?>.allocate(capacity: strings.count + 1)
+    let copies = strings.map { strdup($0) }
+    defer {
+        copies.forEach { free($0) }
+        array.deallocate()
+    }
+    for (index, copy) in copies.enumerated() { array[index] = copy.map { UnsafePointer($0) } }
+    array[strings.count] = nil
+    return body(array)
+}

@@ -1,0 +1,71 @@
+import Foundation
+
+/// A value bound to a query parameter. SQL text is never built from values: every value
+/// travels as a bind parameter, so no input can change the statement.
+public enum SQLValue: Sendable, Hashable {
+    case null
+    case text(String)
+    /// Sent in binary format: the bytes arrive as they are, no escaping.
+    case bytes([UInt8])
+    case integer(Int64)
+    case boolean(Bool)
+
+    public static func uuid(_ value: UUID) -> SQLValue {
+        .text(value.uuidString.lowercased())
+    }
+
+    public static func uuid(_ value: UUID?) -> SQLValue {
+        value.map { .uuid($0) } ?? .null
+    }
+
+    public static func int(_ value: Int) -> SQLValue {
+        .integer(Int64(value))
+    }
+
+    /// A PostgreSQL array literal of text-like elements (uuid[], text[]), each quoted.
+    public static func array(_ elements: [String]) -> SQLValue {
+        var literal = "{"
+        for (index, element) in elements.enumerated() {
+            if index > 0 { literal += "," }
+            literal += "\""
+            for scalar in element.unicodeScalars {
+                if scalar == "\"" || scalar == "\\" { literal += "\\" }
+                literal.unicodeScalars.append(scalar)
+            }
+            literal += "\""
+        }
+        return .text(literal + "}")
+    }
+
+    public static func uuidArray(_ values: [UUID]) -> SQLValue {
+        array(values.map { $0.uuidString.lowercased() })
+    }
+
+    /// The wire form libpq takes: the bytes (text formats NUL-terminated) and the format flag.
+    var wire: (bytes: [UInt8]?, binary: Bool) {
+        switch self {
+        case .null: return (nil, false)
+        case .text(let string): return (Array(string.utf8) + [0], false)
+        case .bytes(let bytes): return (bytes, true)
+        case .integer(let number): return (Array(String(number).utf8) + [0], false)
+        case .boolean(let flag): return (Array((flag ? "t" : "f").utf8) + [0], false)
+        }
+    }
+}
+
+extension SQLValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByNilLiteral {
+    public init(stringLiteral value: String) { self = .text(value) }
+    public init(integerLiteral value: Int64) { self = .integer(value) }
+    public init(nilLiteral: ()) { self = .null }
+}
+
+/// A statement prepared once per connection, the first time that connection runs it.
+public struct PreparedStatement: Hashable, Sendable {
+    public let name: String
+    public let sql: String
+
+    public init(_ name: String, _ sql: String) {
+        self.name = name
+        self.sql = sql
+    }
+}
