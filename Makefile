@@ -1,0 +1,38 @@
+# Parley: the everyday commands. `make run` starts the relay on the embedded PostgreSQL;
+# `make test` installs what is missing and runs the whole suite.
+SWIFT ?= swift
+# The suite is XCTest; without this flag swift-testing would also print an empty run.
+TEST_FLAGS ?= --disable-swift-testing
+TEST_DATA_DIR ?= /tmp/parley-test-$(shell id -u)
+PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+
+.PHONY: setup build release test run migrate test-db-stop clean
+
+setup:
+	scripts/setup
+
+build: setup
+	$(SWIFT) build
+
+release: setup
+	$(SWIFT) build -c release
+
+test: setup
+	$(SWIFT) build --build-tests
+	$(SWIFT) test $(TEST_FLAGS)
+
+migrate: setup
+	$(SWIFT) run parley-server migrate
+
+run: setup
+	$(SWIFT) run parley-server serve
+
+# The test suite leaves its PostgreSQL cluster running between runs so later runs start fast.
+test-db-stop:
+	@if [ -f "$(TEST_DATA_DIR)/postgres/postmaster.pid" ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then runuser -u postgres -- env -C / $(PG_BIN)/pg_ctl stop -D "$(TEST_DATA_DIR)/postgres" -m fast; \
+		else $(PG_BIN)/pg_ctl stop -D "$(TEST_DATA_DIR)/postgres" -m fast; fi; \
+	fi
+
+clean:
+	rm -rf .build
