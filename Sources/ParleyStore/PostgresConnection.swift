@@ -85,6 +85,12 @@ public final class PostgresConnection {
             if isConnected { try? executeScript("ROLLBACK") }
             throw error
         }
+        // A statement failed and the body caught it: PostgreSQL would answer COMMIT with a
+        // silent rollback, so say so instead of returning as if the work were durable.
+        if let handle, PQtransactionStatus(handle) == PQTRANS_INERROR {
+            try? executeScript("ROLLBACK")
+            throw StoreError(.queryFailed, sqlState: "25P02", detail: "a statement of the transaction failed; it was rolled back")
+        }
         try executeScript("COMMIT")
         return value
     }
@@ -155,7 +161,7 @@ public final class PostgresConnection {
         _ body: (UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int32>?, UnsafePointer<Int32>?) throws -> T
     ) throws -> T {
         if parameters.isEmpty { return try body(nil, nil, nil) }
-        let wires = parameters.map(\.wire)
+        let wires = try parameters.map { try $0.wire() }
         let buffers: [UnsafeMutableBufferPointer<UInt8>?] = wires.map { wire in
             guard let bytes = wire.bytes else { return nil }
             let buffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(bytes.count, 1))

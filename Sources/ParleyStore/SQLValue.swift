@@ -42,10 +42,17 @@ public enum SQLValue: Sendable, Hashable {
     }
 
     /// The wire form libpq takes: the bytes (text formats NUL-terminated) and the format flag.
-    var wire: (bytes: [UInt8]?, binary: Bool) {
+    /// Text with a NUL inside is refused: libpq would cut it there, so `"alice\0x"` would
+    /// silently become `"alice"` (PostgreSQL text cannot hold NUL anyway).
+    func wire() throws -> (bytes: [UInt8]?, binary: Bool) {
         switch self {
         case .null: return (nil, false)
-        case .text(let string): return (Array(string.utf8) + [0], false)
+        case .text(let string):
+            let bytes = Array(string.utf8)
+            guard !bytes.contains(0) else {
+                throw StoreError(.queryFailed, sqlState: "22021", detail: "a text parameter contains a NUL character")
+            }
+            return (bytes + [0], false)
         case .bytes(let bytes): return (bytes, true)
         case .integer(let number): return (Array(String(number).utf8) + [0], false)
         case .boolean(let flag): return (Array((flag ? "t" : "f").utf8) + [0], false)
