@@ -32,7 +32,7 @@ public enum ErrorCode: String, Sendable, CaseIterable {
 /// `current_key_id` is written whenever the code is `key_conflict` or `key_expired`
 /// (as `null` when `currentKeyID` is nil), and for other codes only when set.
 /// The other optional fields are written only when set.
-public struct ErrorFrame: Sendable, Equatable, Error {
+public struct ErrorFrame: Sendable, Equatable, Error, FrameEncodable {
     /// The request id, or nil when it could not be read.
     public var re: String?
     public var code: ErrorCode
@@ -65,12 +65,6 @@ public struct ErrorFrame: Sendable, Equatable, Error {
         ErrorFrame(re: re, code: .membersMismatch, message: message, members: members.sorted(), membershipVersion: membershipVersion)
     }
 
-    /// The frame's bytes.
-    public func encode() -> [UInt8] {
-        var writer = JSONWriter(capacity: 128)
-        encode(into: &writer)
-        return writer.bytes
-    }
 
     /// Writes the frame.
     public func encode(into writer: inout JSONWriter) {

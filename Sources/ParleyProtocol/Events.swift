@@ -9,7 +9,7 @@ public enum EventType: String, Sendable, CaseIterable {
 }
 
 /// An event pushed to subscribers.
-public enum Event: Sendable, Equatable {
+public enum Event: Sendable, Equatable, FrameEncodable {
     /// A stored message (replayed or live).
     case message(MessageRecord)
     /// End of a subscribe replay.
@@ -61,13 +61,6 @@ public enum Event: Sendable, Equatable {
         }
     }
 
-    /// The frame's bytes. Encode once and share the bytes among all recipients
-    /// (except `event.key`, which differs per recipient).
-    public func encode() -> [UInt8] {
-        var writer = JSONWriter(capacity: 256)
-        encode(into: &writer)
-        return writer.bytes
-    }
 
     /// Writes the frame.
     public func encode(into writer: inout JSONWriter) {

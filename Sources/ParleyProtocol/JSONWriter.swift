@@ -261,3 +261,18 @@ public struct JSONWriter: Sendable {
         bytes.append(0x22)
     }
 }
+
+/// A frame that writes itself as one JSON object.
+public protocol FrameEncodable {
+    /// Writes the frame into `writer` (which may already hold `LWS_PRE` headroom).
+    func encode(into writer: inout JSONWriter)
+}
+
+extension FrameEncodable {
+    /// The frame's bytes, encoded once (a fan-out shares them among subscribers).
+    public func encode() -> [UInt8] {
+        var writer = JSONWriter(capacity: 256)
+        encode(into: &writer)
+        return writer.bytes
+    }
+}

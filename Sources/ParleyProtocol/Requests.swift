@@ -275,7 +275,7 @@ public enum Request: Sendable, Equatable {
 }
 
 /// A request with its id: `{"id","type",...}`.
-public struct RequestFrame: Sendable, Equatable {
+public struct RequestFrame: Sendable, Equatable, FrameEncodable {
     /// Client-chosen, 1...64 Unicode scalar values.
     public var id: String
     public var request: Request
@@ -285,12 +285,6 @@ public struct RequestFrame: Sendable, Equatable {
         self.request = request
     }
 
-    /// The frame's bytes (what a client sends).
-    public func encode() -> [UInt8] {
-        var writer = JSONWriter(capacity: 256)
-        encode(into: &writer)
-        return writer.bytes
-    }
 
     /// Writes the frame.
     public func encode(into writer: inout JSONWriter) {

@@ -241,7 +241,7 @@ public enum Response: Sendable, Equatable {
 }
 
 /// A success frame: `{"re","type",...}`.
-public struct ResultFrame: Sendable, Equatable {
+public struct ResultFrame: Sendable, Equatable, FrameEncodable {
     /// The request's id.
     public var re: String
     public var response: Response
@@ -251,12 +251,6 @@ public struct ResultFrame: Sendable, Equatable {
         self.response = response
     }
 
-    /// The frame's bytes.
-    public func encode() -> [UInt8] {
-        var writer = JSONWriter(capacity: 256)
-        encode(into: &writer)
-        return writer.bytes
-    }
 
     /// Writes the frame.
     public func encode(into writer: inout JSONWriter) {
