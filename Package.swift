@@ -55,6 +55,10 @@ let package = Package(
         .testTarget(name: "ParleyCryptoTests", dependencies: ["ParleyCrypto"]),
         .testTarget(name: "ParleyProtocolTests", dependencies: ["ParleyProtocol", "ParleyEncoding"]),
         .testTarget(name: "ParleyStoreTests", dependencies: ["ParleyStore", "ParleyTestSupport"]),
+        .testTarget(
+            name: "ParleyServerTests",
+            dependencies: ["ParleyServer", "ParleyStore", "ParleyProtocol", "ParleyCrypto", "ParleyTestSupport"]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
