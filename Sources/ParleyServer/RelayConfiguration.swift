@@ -59,14 +59,19 @@ public struct Outcome: Sendable {
     public var reply: [UInt8]
     /// Effects to apply, in order, after the reply is queued.
     public var effects: [Effect]
+    /// The code when the reply is an error frame (for metrics).
+    public var errorCode: ErrorCode?
 
     public init(reply: [UInt8], effects: [Effect] = []) {
         self.reply = reply
         self.effects = effects
     }
 
-    public init(error code: ErrorCode, re: String?, message: String) {
-        self.init(reply: ErrorFrame(re: re, code: code, message: message).encode())
+    /// An error reply.
+    public init(_ error: ErrorFrame) {
+        self.reply = error.encode()
+        self.effects = []
+        self.errorCode = error.code
     }
 }
 

@@ -1,5 +1,6 @@
 // parley-server: configuration and wiring only. The relay itself lives in ParleyServer.
 import Foundation
+import ParleyServer
 import ParleyStore
 
 let usage = """
@@ -10,10 +11,15 @@ let usage = """
       migrate    apply the database migrations and exit; a second run changes nothing
 
     options (each also read from the environment variable named after it):
+      --listen HOST:PORT    address to serve on (PARLEY_LISTEN, default 127.0.0.1:8080)
       --database-url URL    PostgreSQL to use (PARLEY_DATABASE_URL); default: an embedded
                             cluster in the data directory
       --data-dir DIR        data directory of the embedded cluster (PARLEY_DATA_DIR, default .parley)
       --migrations DIR      migrations folder (PARLEY_MIGRATIONS_DIR, default: ./migrations)
+      --key-ttl SECONDS     channel key lifetime (PARLEY_KEY_TTL, default 3600)
+      --db-workers N        database worker threads (PARLEY_DB_WORKERS, default 4)
+      --tls-cert FILE       PEM certificate for wss:// (PARLEY_TLS_CERT)
+      --tls-key FILE        PEM private key for wss:// (PARLEY_TLS_KEY)
 
     """
 
@@ -21,8 +27,14 @@ let usage = """
 struct Options {
     var command = "serve"
     var database = DatabaseConfiguration()
+    var relay = RelayConfiguration()
 
     init(arguments: [String], environment: [String: String]) throws {
+        if let value = environment["PARLEY_LISTEN"] { try setListen(value) }
+        if let value = environment["PARLEY_KEY_TTL"] { relay.keyTTLSeconds = try positive(value, "PARLEY_KEY_TTL") }
+        if let value = environment["PARLEY_DB_WORKERS"] { relay.databaseWorkers = try positive(value, "PARLEY_DB_WORKERS") }
+        if let value = environment["PARLEY_TLS_CERT"] { relay.tlsCertificatePath = value }
+        if let value = environment["PARLEY_TLS_KEY"] { relay.tlsKeyPath = value }
         if let value = environment["PARLEY_DATABASE_URL"] { database.url = value }
         if let value = environment["PARLEY_DATA_DIR"] { database.dataDirectory = URL(fileURLWithPath: value) }
         if let value = environment["PARLEY_MIGRATIONS_DIR"] { database.migrationsDirectory = URL(fileURLWithPath: value) }
@@ -43,6 +55,11 @@ struct Options {
                 return following
             }
             switch name {
+            case "--listen": try setListen(try next())
+            case "--key-ttl": relay.keyTTLSeconds = try positive(try next(), name)
+            case "--db-workers": relay.databaseWorkers = try positive(try next(), name)
+            case "--tls-cert": relay.tlsCertificatePath = try next()
+            case "--tls-key": relay.tlsKeyPath = try next()
             case "--database-url": database.url = try next()
             case "--data-dir": database.dataDirectory = URL(fileURLWithPath: try next())
             case "--migrations": database.migrationsDirectory = URL(fileURLWithPath: try next())
@@ -50,6 +67,22 @@ struct Options {
             default: throw UsageError("unknown option \(name)")
             }
         }
+    }
+}
+
+extension Options {
+    mutating func setListen(_ value: String) throws {
+        guard let colon = value.lastIndex(of: ":"), let port = Int(value[value.index(after: colon)...]),
+              (0...65535).contains(port) else {
+            throw UsageError("--listen takes HOST:PORT, e.g. 127.0.0.1:8080")
+        }
+        relay.host = String(value[..<colon])
+        relay.port = port
+    }
+
+    func positive(_ value: String, _ name: String) throws -> Int {
+        guard let number = Int(value), number > 0 else { throw UsageError("\(name) takes a positive integer") }
+        return number
     }
 }
 
@@ -81,6 +114,38 @@ func runMigrate(_ options: Options) throws {
     }
 }
 
+func runServe(_ options: Options) throws {
+    // SIGINT and SIGTERM are taken with sigwait on this thread: block them before any
+    // other thread starts, so none of them is interrupted instead.
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    sigaddset(&signals, SIGINT)
+    sigaddset(&signals, SIGTERM)
+    pthread_sigmask(SIG_BLOCK, &signals, nil)
+    signal(SIGPIPE, SIG_IGN)
+
+    let database = try Database(configuration: options.database)
+    defer {
+        do { try database.close() } catch { log("stopping the embedded database failed: \(error)") }
+    }
+    if let embedded = database.embedded {
+        log("embedded PostgreSQL in \(embedded.clusterDirectory.path)")
+    }
+    let report = try database.migrate(configuration: options.database)
+    if !report.applied.isEmpty {
+        log("applied migrations \(report.applied.map(String.init).joined(separator: ", "))")
+    }
+    let relay = Relay(configuration: options.relay, connectionString: database.connectionString)
+    try relay.start()
+    let scheme = options.relay.tlsCertificatePath == nil ? "ws" : "wss"
+    log("relay listening on \(scheme)://\(options.relay.host):\(relay.port)/ws (health: http://\(options.relay.host):\(relay.port)/healthz)")
+
+    var received: Int32 = 0
+    sigwait(&signals, &received)
+    log("signal \(received): stopping")
+    relay.stop()
+}
+
 do {
     let options = try Options(arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment)
     switch options.command {
@@ -89,8 +154,7 @@ do {
     case "help":
         print(usage, terminator: "")
     case "serve":
-        log("the relay is not built yet (it arrives with its issue); `parley-server migrate` works")
-        exit(69)
+        try runServe(options)
     default:
         throw UsageError("unknown command \(options.command)")
     }

@@ -43,13 +43,12 @@ public final class RelayService: Sendable {
                 return handler.fail(.internal, "handled by the service thread")
             }
         } catch let error as StoreError where error.isTransient {
-            return Outcome(reply: ErrorFrame(re: id, code: .unavailable, message: "database unavailable, retry",
-                                             retryAfterMs: 1000).encode())
+            return Outcome(ErrorFrame(re: id, code: .unavailable, message: "database unavailable, retry",
+                                      retryAfterMs: 1000))
         } catch let error as ErrorFrame {
-            return Outcome(reply: error.encode())
+            return Outcome(error)
         } catch {
-            return Outcome(reply: ErrorFrame(re: id, code: .internal, message: "internal error, retry",
-                                             retryAfterMs: 1000).encode())
+            return Outcome(ErrorFrame(re: id, code: .internal, message: "internal error, retry", retryAfterMs: 1000))
         }
     }
 }
@@ -76,7 +75,7 @@ struct Handler {
     }
 
     func fail(_ code: ErrorCode, _ message: String) -> Outcome {
-        Outcome(reply: ErrorFrame(re: re, code: code, message: message).encode())
+        Outcome(ErrorFrame(re: re, code: code, message: message))
     }
 
     /// An `ErrorFrame` to throw from deep inside a handler (caught by `RelayService.handle`).

@@ -1,0 +1,56 @@
+import Foundation
+import ParleyStore
+
+/// Pings PostgreSQL once a second on its own thread and connection, so `/healthz` can
+/// answer at once from the service thread without touching the database there.
+final class HealthMonitor: @unchecked Sendable {
+    private let connectionString: String
+    private let lock = NSLock()
+    private var lastSuccess: Date?        // guarded by lock
+    private var stopping = false          // guarded by lock
+    private var thread: Thread?           // guarded by lock
+
+    init(connectionString: String) {
+        self.connectionString = connectionString
+    }
+
+    /// True when the database answered within the last three seconds.
+    var isDatabaseUp: Bool {
+        lock.withLock { lastSuccess.map { Date().timeIntervalSince($0) < 3 } ?? false }
+    }
+
+    func start() {
+        check(nil)
+        let thread = Thread { [self] in
+            var connection: PostgresConnection?
+            while !(lock.withLock { stopping }) {
+                connection = check(connection)
+                for _ in 0..<10 where !(lock.withLock { stopping }) { usleep(100_000) }
+            }
+        }
+        thread.name = "parley-health"
+        lock.withLock { self.thread = thread }
+        thread.start()
+    }
+
+    func stop() {
+        let thread: Thread? = lock.withLock {
+            stopping = true
+            return self.thread
+        }
+        while let thread, !thread.isFinished { usleep(2000) }
+    }
+
+    @discardableResult
+    private func check(_ existing: PostgresConnection?) -> PostgresConnection? {
+        do {
+            let connection = try existing ?? PostgresConnection(connectionString: connectionString, applicationName: "parley-health")
+            try connection.execute("SELECT 1")
+            lock.withLock { lastSuccess = Date() }
+            return connection
+        } catch {
+            lock.withLock { lastSuccess = nil }
+            return nil
+        }
+    }
+}

@@ -1,0 +1,67 @@
+import Foundation
+import ParleyProtocol
+
+/// Counters for `/metrics` (Prometheus text format). Thread-safe: everything is guarded
+/// by `lock`; the service thread and the workers both count.
+final class Metrics: @unchecked Sendable {
+    private let lock = NSLock()
+    private var connections = 0                       // guarded by lock
+    private var framesIn: [String: Int] = [:]          // guarded by lock
+    private var framesOut: [String: Int] = [:]         // guarded by lock
+    private var errors: [String: Int] = [:]            // guarded by lock
+    private var messagesStored = 0                     // guarded by lock
+    private var deliveries = 0                         // guarded by lock
+    private var slowConsumerCloses = 0                 // guarded by lock
+    private var databaseSeconds = 0.0                  // guarded by lock
+    private var databaseCalls = 0                      // guarded by lock
+
+    func connectionOpened() { lock.withLock { connections += 1 } }
+    func connectionClosed() { lock.withLock { connections -= 1 } }
+    func frameIn(_ type: String) { lock.withLock { framesIn[type, default: 0] += 1 } }
+    func frameOut(_ type: String, count: Int = 1) { lock.withLock { framesOut[type, default: 0] += count } }
+    func error(_ code: ErrorCode) { lock.withLock { errors[code.rawValue, default: 0] += 1 } }
+    func messageStored() { lock.withLock { messagesStored += 1 } }
+    func delivered(_ count: Int) { lock.withLock { deliveries += count } }
+    func slowConsumerClosed() { lock.withLock { slowConsumerCloses += 1 } }
+    func databaseCall(seconds: Double) {
+        lock.withLock {
+            databaseSeconds += seconds
+            databaseCalls += 1
+        }
+    }
+
+    /// The exposition text.
+    func render(databaseUp: Bool) -> String {
+        lock.withLock {
+            var text = ""
+            func family(_ name: String, _ type: String, _ help: String) {
+                text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            }
+            family("parley_connections", "gauge", "Open WebSocket connections.")
+            text += "parley_connections \(connections)\n"
+            family("parley_frames_in_total", "counter", "Client frames received, by request type.")
+            for (type, count) in framesIn.sorted(by: { $0.key < $1.key }) {
+                text += "parley_frames_in_total{type=\"\(type)\"} \(count)\n"
+            }
+            family("parley_frames_out_total", "counter", "Frames sent, by type.")
+            for (type, count) in framesOut.sorted(by: { $0.key < $1.key }) {
+                text += "parley_frames_out_total{type=\"\(type)\"} \(count)\n"
+            }
+            family("parley_errors_total", "counter", "Error frames sent, by code.")
+            for (code, count) in errors.sorted(by: { $0.key < $1.key }) {
+                text += "parley_errors_total{code=\"\(code)\"} \(count)\n"
+            }
+            family("parley_messages_stored_total", "counter", "Messages committed.")
+            text += "parley_messages_stored_total \(messagesStored)\n"
+            family("parley_deliveries_total", "counter", "event.message frames queued to subscribers.")
+            text += "parley_deliveries_total \(deliveries)\n"
+            family("parley_slow_consumer_closes_total", "counter", "Connections closed with 4008.")
+            text += "parley_slow_consumer_closes_total \(slowConsumerCloses)\n"
+            family("parley_database_seconds", "summary", "Time spent in database jobs.")
+            text += "parley_database_seconds_sum \(databaseSeconds)\nparley_database_seconds_count \(databaseCalls)\n"
+            family("parley_database_up", "gauge", "1 when the last health check reached PostgreSQL.")
+            text += "parley_database_up \(databaseUp ? 1 : 0)\n"
+            return text
+        }
+    }
+}

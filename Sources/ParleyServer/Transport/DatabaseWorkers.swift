@@ -1,0 +1,81 @@
+import Foundation
+import ParleyStore
+
+/// A few threads, each owning one `PostgresConnection`, that run jobs in FIFO order.
+///
+/// Jobs are routed by a key: every change to one channel goes to the same worker, so a
+/// channel's commits reach the service thread in commit (and so seq) order. A worker
+/// whose connection is down hands its job a nil connection, and the job answers
+/// `unavailable`; the next job tries to connect again.
+final class DatabaseWorkers: @unchecked Sendable {
+    typealias Job = @Sendable (PostgresConnection?) -> Void
+
+    private final class Worker: @unchecked Sendable {
+        let condition = NSCondition()
+        var jobs: [Job] = []          // guarded by condition
+        var stopping = false          // guarded by condition
+        var thread: Thread?
+    }
+
+    private let workers: [Worker]
+    private let connectionString: String
+
+    init(count: Int, connectionString: String) {
+        self.connectionString = connectionString
+        workers = (0..<max(1, count)).map { _ in Worker() }
+    }
+
+    func start() {
+        for (index, worker) in workers.enumerated() {
+            let thread = Thread { [connectionString] in
+                Self.run(worker, connectionString: connectionString)
+            }
+            thread.name = "parley-db-\(index)"
+            worker.thread = thread
+            thread.start()
+        }
+    }
+
+    /// Queues a job on the worker chosen by `key` (same key, same worker, same order).
+    func submit<Key: Hashable>(key: Key, _ job: @escaping Job) {
+        var hasher = Hasher()
+        hasher.combine(key)
+        let worker = workers[Int(UInt(bitPattern: hasher.finalize()) % UInt(workers.count))]
+        worker.condition.lock()
+        worker.jobs.append(job)
+        worker.condition.signal()
+        worker.condition.unlock()
+    }
+
+    /// Lets each worker finish its queue, then stops it; returns when all have stopped.
+    func stop() {
+        for worker in workers {
+            worker.condition.lock()
+            worker.stopping = true
+            worker.condition.broadcast()
+            worker.condition.unlock()
+        }
+        for worker in workers {
+            while let thread = worker.thread, !thread.isFinished { usleep(1000) }
+        }
+    }
+
+    private static func run(_ worker: Worker, connectionString: String) {
+        var connection: PostgresConnection?
+        while true {
+            worker.condition.lock()
+            while worker.jobs.isEmpty && !worker.stopping { worker.condition.wait() }
+            if worker.jobs.isEmpty && worker.stopping {
+                worker.condition.unlock()
+                return
+            }
+            let job = worker.jobs.removeFirst()
+            worker.condition.unlock()
+
+            if connection == nil || connection?.isConnected == false {
+                connection = try? PostgresConnection(connectionString: connectionString, applicationName: "parley-relay")
+            }
+            job(connection)
+        }
+    }
+}

@@ -1,0 +1,217 @@
+import CLibWebSockets
+import Foundation
+import ParleyProtocol
+
+// The lws callback, split by reason. Everything here runs on the service thread.
+extension Relay {
+    func handleCallback(
+        wsi: OpaquePointer, reason: lws_callback_reasons, user: UnsafeMutableRawPointer?,
+        input: UnsafeMutableRawPointer?, length: Int
+    ) -> Int32 {
+        switch reason {
+        case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+            drainCompletions()
+            if isStopping { closeAllForShutdown() }
+            return 0
+
+        case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+            // Only `parley.v1` on `/ws` may upgrade; protocols[0] is chosen when the client
+            // offered no subprotocol we speak.
+            guard isParleyProtocol(wsi), requestPath(wsi) == ProtocolConstants.path else { return 1 }
+            return 0
+
+        case LWS_CALLBACK_ESTABLISHED:
+            guard let user else { return -1 }
+            nextConnectionID += 1
+            let connection = Connection(id: nextConnectionID, wsi: wsi, peerAddress: peerAddress(wsi))
+            user.storeBytes(of: connection.id, as: UInt64.self)
+            connections[connection.id] = connection
+            connectionIDs[wsi] = connection.id
+            metrics.connectionOpened()
+            return 0
+
+        case LWS_CALLBACK_RECEIVE:
+            guard let connection = connection(for: wsi) else { return -1 }
+            return receive(connection, input: input, length: length)
+
+        case LWS_CALLBACK_SERVER_WRITEABLE:
+            guard let connection = connection(for: wsi) else { return -1 }
+            return writable(connection)
+
+        case LWS_CALLBACK_CLOSED:
+            if let connection = connection(for: wsi) { forget(connection) }
+            return 0
+
+        case LWS_CALLBACK_HTTP:
+            return answerHTTP(wsi, path: input.map { String(cString: $0.assumingMemoryBound(to: CChar.self)) } ?? "")
+
+        case LWS_CALLBACK_HTTP_WRITEABLE:
+            guard let body = pendingHTTP.removeValue(forKey: wsi) else { return 0 }
+            let buffer = FrameBuffer(body)
+            if lws_write(wsi, buffer.payload, buffer.count, LWS_WRITE_HTTP_FINAL) != Int32(buffer.count) { return -1 }
+            return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
+
+        case LWS_CALLBACK_CLOSED_HTTP:
+            pendingHTTP.removeValue(forKey: wsi)
+            return 0
+
+        default:
+            return 0
+        }
+    }
+
+    func connection(for wsi: OpaquePointer) -> Connection? {
+        connectionIDs[wsi].flatMap { connections[$0] }
+    }
+
+    // MARK: Receiving
+
+    private func receive(_ connection: Connection, input: UnsafeMutableRawPointer?, length: Int) -> Int32 {
+        if lws_is_first_fragment(connection.wsi) != 0 { connection.inbound.removeAll(keepingCapacity: true) }
+        if let input, length > 0 {
+            connection.inbound.append(contentsOf: UnsafeRawBufferPointer(start: input, count: length))
+        }
+        if connection.inbound.count > configuration.maxFrameBytes {
+            close(connection, code: 1009, reason: "message too big", now: true)
+            return -1
+        }
+        guard lws_is_final_fragment(connection.wsi) != 0, lws_remaining_packet_payload(connection.wsi) == 0 else {
+            return 0
+        }
+        let binary = lws_frame_is_binary(connection.wsi) != 0
+        let message = connection.inbound
+        connection.inbound.removeAll(keepingCapacity: connection.inbound.capacity <= 65_536)
+        if binary {
+            metrics.frameIn("binary")
+            send(RequestRejection.binaryFrame.errorFrame, to: connection)
+        } else {
+            handleFrame(message, from: connection)
+        }
+        return 0
+    }
+
+    // MARK: Writing
+
+    private func writable(_ connection: Connection) -> Int32 {
+        if let close = connection.pendingClose {
+            var reason = Array(close.reason.utf8)
+            lws_close_reason(connection.wsi, lws_close_status(rawValue: UInt32(close.code)), &reason, reason.count)
+            return -1
+        }
+        if let frame = connection.dequeue() {
+            let written = lws_write(connection.wsi, frame.payload, frame.count, LWS_WRITE_TEXT)
+            if written < Int32(frame.count) { return -1 }
+        }
+        requestReplayPages(for: connection)
+        if connection.hasQueuedFrames { lws_callback_on_writable(connection.wsi) }
+        return 0
+    }
+
+    /// Queues a frame and asks lws for a writable callback.
+    func enqueue(_ frame: FrameBuffer, to connection: Connection, live: Bool) {
+        guard connection.pendingClose == nil else { return }
+        connection.enqueue(frame, live: live)
+        if live && connection.queuedLiveBytes > configuration.outgoingQueueBytes {
+            metrics.slowConsumerClosed()
+            close(connection, code: 4008, reason: CloseCode.slowConsumerReason)
+            return
+        }
+        lws_callback_on_writable(connection.wsi)
+    }
+
+    func send(_ error: ErrorFrame, to connection: Connection) {
+        metrics.error(error.code)
+        metrics.frameOut("error")
+        enqueue(FrameBuffer(error.encode()), to: connection, live: false)
+    }
+
+    func send(_ result: ResultFrame, to connection: Connection) {
+        metrics.frameOut(result.response.type.rawValue)
+        enqueue(FrameBuffer(result.encode()), to: connection, live: false)
+    }
+
+    /// Closes a connection with a WebSocket close code: queued frames are dropped. With
+    /// `now`, the caller returns -1 from the current callback itself.
+    func close(_ connection: Connection, code: UInt16, reason: String, now: Bool = false) {
+        connection.dropQueue()
+        connection.pendingClose = (code, reason)
+        if now {
+            var bytes = Array(reason.utf8)
+            lws_close_reason(connection.wsi, lws_close_status(rawValue: UInt32(code)), &bytes, bytes.count)
+        } else {
+            lws_callback_on_writable(connection.wsi)
+        }
+    }
+
+    private func closeAllForShutdown() {
+        for connection in connections.values where connection.pendingClose == nil {
+            close(connection, code: 1001, reason: "server shutting down")
+        }
+    }
+
+    /// Removes every trace of a closed connection.
+    func forget(_ connection: Connection) {
+        for channel in connection.subscriptions.keys { channelSubscribers[channel]?.remove(connection.id) }
+        if let user = connection.userID { userConnections[user]?.remove(connection.id) }
+        if let session = connection.sessionHash { sessionConnections[session]?.remove(connection.id) }
+        connections.removeValue(forKey: connection.id)
+        connectionIDs.removeValue(forKey: connection.wsi)
+        pendingSubscribes.removeValue(forKey: connection.id)
+        metrics.connectionClosed()
+    }
+
+    // MARK: HTTP
+
+    private func answerHTTP(_ wsi: OpaquePointer, path: String) -> Int32 {
+        switch path {
+        case "/healthz":
+            let up = health.isDatabaseUp
+            return respond(wsi, status: up ? 200 : 503, body: up ? "ok\n" : "unavailable\n", type: "text/plain")
+        case "/metrics":
+            return respond(wsi, status: 200, body: metrics.render(databaseUp: health.isDatabaseUp),
+                           type: "text/plain; version=0.0.4")
+        case ProtocolConstants.path:
+            return respond(wsi, status: 426, body: "upgrade to a WebSocket with subprotocol parley.v1\n", type: "text/plain")
+        default:
+            return respond(wsi, status: 404, body: "not found\n", type: "text/plain")
+        }
+    }
+
+    private func respond(_ wsi: OpaquePointer, status: UInt32, body: String, type: String) -> Int32 {
+        let bodyBytes = Array(body.utf8)
+        var headers = [UInt8](repeating: 0, count: FrameBuffer.headroom + 1024)
+        return headers.withUnsafeMutableBufferPointer { buffer -> Int32 in
+            guard let base = buffer.baseAddress else { return -1 }
+            let start = base + FrameBuffer.headroom
+            var cursor: UnsafeMutablePointer<UInt8>? = start
+            let end = base + buffer.count - 1
+            if lws_add_http_common_headers(wsi, status, type, lws_filepos_t(bodyBytes.count), &cursor, end) != 0 {
+                return 1
+            }
+            if lws_finalize_write_http_header(wsi, start, &cursor, end) != 0 { return 1 }
+            pendingHTTP[wsi] = bodyBytes
+            lws_callback_on_writable(wsi)
+            return 0
+        }
+    }
+
+    // MARK: Helpers
+
+    private func isParleyProtocol(_ wsi: OpaquePointer) -> Bool {
+        guard let proto = lws_get_protocol(wsi), let name = proto.pointee.name else { return false }
+        return String(cString: name) == ProtocolConstants.subprotocol
+    }
+
+    private func requestPath(_ wsi: OpaquePointer) -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        let count = lws_hdr_copy(wsi, &buffer, Int32(buffer.count), WSI_TOKEN_GET_URI)
+        guard count > 0 else { return "" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    private func peerAddress(_ wsi: OpaquePointer) -> String {
+        var buffer = [CChar](repeating: 0, count: 128)
+        guard lws_get_peer_simple(wsi, &buffer, buffer.count) != nil else { return "" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

@@ -1,0 +1,305 @@
+import CLibWebSockets
+import Foundation
+import ParleyProtocol
+import ParleyStore
+
+// From a decoded frame to a worker job and back. Service thread only.
+extension Relay {
+    /// How many stored messages one replay job reads.
+    static let replayPageSize = 200
+    /// A replaying subscription asks for its next page when the connection has less than
+    /// this queued, so a long backlog is produced as the socket drains.
+    static let replayLowWater = 256 * 1024
+
+    func handleFrame(_ bytes: [UInt8], from connection: Connection) {
+        let frame: RequestFrame
+        switch RequestDecoder.decode(bytes) {
+        case .failure(let rejection):
+            metrics.frameIn("invalid")
+            send(rejection.errorFrame, to: connection)
+            return
+        case .success(let decoded):
+            frame = decoded
+        }
+        metrics.frameIn(frame.request.type.rawValue)
+        guard connection.isAuthenticated || frame.request.type.allowedUnauthenticated else {
+            send(ErrorFrame(re: frame.id, code: .unauthenticated, message: "authenticate first"), to: connection)
+            return
+        }
+        switch frame.request {
+        case .ping:
+            send(ResultFrame(re: frame.id, response: .ping(.init(time: Int(Date().timeIntervalSince1970 * 1000)))),
+                 to: connection)
+        case .unsubscribe(let request):
+            for channel in request.channelIDs { endSubscription(connection, channel: channel) }
+            send(ResultFrame(re: frame.id, response: .unsubscribe(.init(channelIDs: request.channelIDs))), to: connection)
+        case .subscribe(let request):
+            subscribe(connection, id: frame.id, request: request)
+        default:
+            submit(frame, from: connection)
+        }
+    }
+
+    /// The request context a worker sees for this connection.
+    func context(of connection: Connection) -> RequestContext {
+        RequestContext(connectionID: connection.id, nodeID: nodeID, userID: connection.userID,
+                       sessionHash: connection.sessionHash)
+    }
+
+    /// Runs a request on a database worker. Requests that change a channel go to that
+    /// channel's worker, so its commits come back in seq order; the rest go by connection.
+    private func submit(_ frame: RequestFrame, from connection: Connection) {
+        let context = context(of: connection)
+        let service = self.service
+        let completions = self.completions
+        let metrics = self.metrics
+        let job: DatabaseWorkers.Job = { database in
+            let started = Date()
+            let outcome: Outcome
+            if let database {
+                outcome = service.handle(frame.request, id: frame.id, context: context, on: database)
+            } else {
+                outcome = Outcome(ErrorFrame(re: frame.id, code: .unavailable, message: "database unavailable, retry",
+                                             retryAfterMs: 1000))
+            }
+            metrics.databaseCall(seconds: Date().timeIntervalSince(started))
+            completions.push(.outcome(connection: context.connectionID, outcome))
+        }
+        if let channel = Self.channelChanged(by: frame.request) {
+            workers.submit(key: channel, job)
+        } else {
+            workers.submit(key: connection.id, job)
+        }
+    }
+
+    /// The channel a request writes to, if any.
+    static func channelChanged(by request: Request) -> ID? {
+        switch request {
+        case .channelCreate(let create): return create.channelID
+        case .channelAdd(let change), .channelRemove(let change): return change.channelID
+        case .keys(let keys): return keys.channelID
+        case .message(let message): return message.channelID
+        default: return nil
+        }
+    }
+
+    // MARK: Completions
+
+    func drainCompletions() {
+        for completion in completions.drain() {
+            switch completion {
+            case .outcome(let connectionID, let outcome):
+                if let connection = connections[connectionID] {
+                    if let code = outcome.errorCode { metrics.error(code) }
+                    metrics.frameOut(outcome.errorCode == nil ? "result" : "error")
+                    enqueue(FrameBuffer(outcome.reply), to: connection, live: false)
+                }
+                for effect in outcome.effects { apply(effect, connectionID: connectionID) }
+            case .subscriptionStarted(let connectionID, let requestID, let generation, let result):
+                subscriptionStarted(connectionID, requestID: requestID, generation: generation, result: result)
+            case .replayPage(let connectionID, let channel, let generation, let result):
+                replayPageArrived(connectionID, channel: channel, generation: generation, result: result)
+            }
+        }
+    }
+
+    private func apply(_ effect: Effect, connectionID: UInt64) {
+        switch effect {
+        case .authenticated(let userID, let username, let sessionHash, _):
+            guard let connection = connections[connectionID] else { return }
+            connection.userID = userID
+            connection.username = username
+            connection.sessionHash = sessionHash
+            userConnections[userID, default: []].insert(connection.id)
+            sessionConnections[sessionHash, default: []].insert(connection.id)
+
+        case .loggedOut(let sessionHash):
+            for id in sessionConnections.removeValue(forKey: sessionHash) ?? [] {
+                guard let connection = connections[id] else { continue }
+                if id == connectionID {
+                    for channel in Array(connection.subscriptions.keys) { endSubscription(connection, channel: channel) }
+                    if let user = connection.userID { userConnections[user]?.remove(id) }
+                    connection.userID = nil
+                    connection.username = nil
+                    connection.sessionHash = nil
+                } else {
+                    close(connection, code: 4001, reason: "session ended")
+                }
+            }
+
+        case .message(let record):
+            metrics.messageStored()
+            let frame = FrameBuffer(Event.message(record).encode())
+            var delivered = 0
+            for id in channelSubscribers[record.channelID] ?? [] {
+                guard let connection = connections[id],
+                      let released = connection.subscriptions[record.channelID]?.accept(seq: record.seq, frame: frame)
+                else { continue }
+                enqueue(released, to: connection, live: true)
+                delivered += 1
+            }
+            metrics.delivered(delivered)
+            metrics.frameOut("event.message", count: delivered)
+
+        case .key(let record, let copies):
+            for id in channelSubscribers[record.channelID] ?? [] {
+                guard let connection = connections[id], let user = connection.userID else { continue }
+                var own = record
+                own.encryptedKey = copies[user]
+                enqueue(FrameBuffer(Event.key(own).encode()), to: connection, live: true)
+                metrics.frameOut("event.key")
+            }
+
+        case .member(let event, _):
+            let frame = FrameBuffer(Event.member(event).encode())
+            let targets = (channelSubscribers[event.channelID] ?? []).union(userConnections[event.userID] ?? [])
+            for id in targets {
+                guard let connection = connections[id] else { continue }
+                enqueue(frame, to: connection, live: true)
+                metrics.frameOut("event.member")
+            }
+            if event.action == .removed {
+                // Nothing of the channel reaches the removed user afterwards.
+                for id in userConnections[event.userID] ?? [] {
+                    if let connection = connections[id] { endSubscription(connection, channel: event.channelID) }
+                }
+            }
+        }
+    }
+
+    // MARK: Subscriptions
+
+    private func subscribe(_ connection: Connection, id: String, request: Request.Subscribe) {
+        nextGeneration += 1
+        let generation = nextGeneration
+        // Register first: whatever commits from now on reaches the new subscription live,
+        // and whatever committed before is in the backlog the worker reads next.
+        var replaced: [ID: Subscription?] = [:]
+        for entry in request.channels where replaced[entry.channelID] == nil {
+            replaced[entry.channelID] = .some(connection.subscriptions[entry.channelID])
+            connection.subscriptions[entry.channelID] = Subscription(generation: generation)
+            channelSubscribers[entry.channelID, default: []].insert(connection.id)
+        }
+        pendingSubscribes[connection.id, default: [:]][id] = replaced
+
+        let context = context(of: connection)
+        let service = self.service
+        let completions = self.completions
+        workers.submit(key: connection.id) { database in
+            let result: Result<[SubscriptionStart], ErrorFrame>
+            if let database {
+                result = service.startSubscriptions(request, id: id, context: context, on: database)
+            } else {
+                result = .failure(ErrorFrame(re: id, code: .unavailable, message: "database unavailable, retry",
+                                             retryAfterMs: 1000))
+            }
+            completions.push(.subscriptionStarted(connection: context.connectionID, requestID: id,
+                                                  generation: generation, result))
+        }
+    }
+
+    private func subscriptionStarted(_ connectionID: UInt64, requestID: String, generation: UInt64,
+                                     result: Result<[SubscriptionStart], ErrorFrame>) {
+        guard let connection = connections[connectionID] else { return }
+        let replaced = pendingSubscribes[connectionID]?.removeValue(forKey: requestID) ?? [:]
+        switch result {
+        case .failure(let error):
+            // Not applied: put back what the request replaced.
+            for (channel, previous) in replaced where connection.subscriptions[channel]?.generation == generation {
+                if let previous {
+                    connection.subscriptions[channel] = previous
+                } else {
+                    endSubscription(connection, channel: channel)
+                }
+            }
+            send(error, to: connection)
+
+        case .success(let starts):
+            send(ResultFrame(re: requestID, response: .subscribe(.init(channels: starts.map {
+                .init(channelID: $0.channelID, lastSeq: $0.lastSeq, recovered: $0.recovered)
+            }))), to: connection)
+            for start in starts {
+                guard var subscription = connection.subscriptions[start.channelID],
+                      subscription.generation == generation else { continue }
+                if let from = start.replayFrom, from < start.lastSeq {
+                    subscription.lastDelivered = from
+                    subscription.phase = .replaying(through: start.lastSeq, pageInFlight: false)
+                    connection.subscriptions[start.channelID] = subscription
+                } else {
+                    subscription.lastDelivered = start.replayFrom ?? start.lastSeq
+                    if start.replayFrom != nil {
+                        let synced = start.syncedSeq ?? subscription.lastDelivered
+                        enqueue(FrameBuffer(Event.synced(.init(channelID: start.channelID, seq: synced)).encode()),
+                                to: connection, live: false)
+                    }
+                    // Seqs up to last_seq are covered (replayed, or before the live start).
+                    subscription.lastDelivered = max(subscription.lastDelivered, start.lastSeq)
+                    let released = subscription.goLive()
+                    connection.subscriptions[start.channelID] = subscription
+                    for frame in released { enqueue(frame, to: connection, live: true) }
+                }
+            }
+            requestReplayPages(for: connection)
+        }
+    }
+
+    /// Asks for the next replay page of every replaying subscription of a connection
+    /// whose queue has drained enough.
+    func requestReplayPages(for connection: Connection) {
+        guard connection.queuedBytes < Self.replayLowWater, connection.pendingClose == nil else { return }
+        for (channel, subscription) in connection.subscriptions {
+            guard case .replaying(let through, false) = subscription.phase else { continue }
+            connection.subscriptions[channel]?.phase = .replaying(through: through, pageInFlight: true)
+            let after = subscription.lastDelivered
+            let generation = subscription.generation
+            let connectionID = connection.id
+            let service = self.service
+            let completions = self.completions
+            workers.submit(key: connection.id) { database in
+                let result: Result<[MessageRecord], ErrorFrame>
+                if let database {
+                    result = service.replay(channelID: channel, after: after, through: through,
+                                            limit: Self.replayPageSize, on: database)
+                } else {
+                    result = .failure(ErrorFrame(re: nil, code: .unavailable, message: "database unavailable"))
+                }
+                completions.push(.replayPage(connection: connectionID, channel: channel, generation: generation, result))
+            }
+        }
+    }
+
+    private func replayPageArrived(_ connectionID: UInt64, channel: ID, generation: UInt64,
+                                   result: Result<[MessageRecord], ErrorFrame>) {
+        guard let connection = connections[connectionID],
+              var subscription = connection.subscriptions[channel], subscription.generation == generation,
+              case .replaying(let through, _) = subscription.phase
+        else { return }
+        guard case .success(let messages) = result else {
+            // The client resumes from the last seq it received.
+            close(connection, code: 1011, reason: "replay failed")
+            return
+        }
+        for record in messages where record.seq > subscription.lastDelivered && record.seq <= through {
+            subscription.lastDelivered = record.seq
+            enqueue(FrameBuffer(Event.message(record).encode()), to: connection, live: false)
+            metrics.frameOut("event.message")
+        }
+        if subscription.lastDelivered >= through || messages.isEmpty {
+            enqueue(FrameBuffer(Event.synced(.init(channelID: channel, seq: through)).encode()), to: connection, live: false)
+            subscription.lastDelivered = max(subscription.lastDelivered, through)
+            let released = subscription.goLive()
+            connection.subscriptions[channel] = subscription
+            for frame in released { enqueue(frame, to: connection, live: true) }
+        } else {
+            subscription.phase = .replaying(through: through, pageInFlight: false)
+            connection.subscriptions[channel] = subscription
+            requestReplayPages(for: connection)
+        }
+    }
+
+    func endSubscription(_ connection: Connection, channel: ID) {
+        guard connection.subscriptions.removeValue(forKey: channel) != nil else { return }
+        channelSubscribers[channel]?.remove(connection.id)
+        if channelSubscribers[channel]?.isEmpty == true { channelSubscribers.removeValue(forKey: channel) }
+    }
+}
