@@ -17,9 +17,12 @@ build: setup
 release: setup
 	$(SWIFT) build -c release
 
+# Swift unit and database tests, then the end-to-end suite: an independent Python client
+# against the real parley-server over real sockets.
 test: setup
 	$(SWIFT) build --build-tests
 	$(SWIFT) test $(TEST_FLAGS)
+	PARLEY_SERVER_BIN=$$($(SWIFT) build --show-bin-path)/parley-server python3 -m pytest -q Tests/EndToEnd
 
 migrate: setup
 	$(SWIFT) run parley-server migrate
