@@ -32,6 +32,7 @@ public final class Relay: @unchecked Sendable {
     var nextGeneration: UInt64 = 0
     /// A subscribe request waiting for the database: what it replaced, to put back if it fails.
     var pendingSubscribes: [UInt64: [String: [ID: Subscription?]]] = [:]
+    var rateLimiter: RateLimiter
 
     // Shared between threads, guarded by `stateLock`.
     private let stateLock = NSLock()
@@ -50,6 +51,7 @@ public final class Relay: @unchecked Sendable {
         service = RelayService(configuration: configuration)
         workers = DatabaseWorkers(count: configuration.databaseWorkers, connectionString: connectionString)
         health = HealthMonitor(connectionString: connectionString)
+        rateLimiter = RateLimiter(limits: configuration.rateLimits)
     }
 
     /// Starts listening; returns once the socket is bound, or throws when it cannot be.

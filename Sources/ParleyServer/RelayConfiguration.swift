@@ -22,6 +22,8 @@ public struct RelayConfiguration: Sendable {
     public var sessionTTLSeconds = Limits.sessionTTLSeconds
     /// ±window for client `ts`, seconds, inclusive.
     public var timestampWindowSeconds = Limits.timestampWindowSeconds
+    /// Rate limits (`PARLEY_RATE_LIMITS=off` turns them all off).
+    public var rateLimits = RateLimits()
     /// PEM certificate and key for `wss://`; plain `ws://` when nil.
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?

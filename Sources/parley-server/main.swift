@@ -18,6 +18,7 @@ let usage = """
       --migrations DIR      migrations folder (PARLEY_MIGRATIONS_DIR, default: ./migrations)
       --key-ttl SECONDS     channel key lifetime (PARLEY_KEY_TTL, default 3600)
       --db-workers N        database worker threads (PARLEY_DB_WORKERS, default 4)
+      --rate-limits on|off  the contract's rate limits (PARLEY_RATE_LIMITS, default on)
       --tls-cert FILE       PEM certificate for wss:// (PARLEY_TLS_CERT)
       --tls-key FILE        PEM private key for wss:// (PARLEY_TLS_KEY)
 
@@ -33,6 +34,7 @@ struct Options {
         if let value = environment["PARLEY_LISTEN"] { try setListen(value) }
         if let value = environment["PARLEY_KEY_TTL"] { relay.keyTTLSeconds = try positive(value, "PARLEY_KEY_TTL") }
         if let value = environment["PARLEY_DB_WORKERS"] { relay.databaseWorkers = try positive(value, "PARLEY_DB_WORKERS") }
+        if let value = environment["PARLEY_RATE_LIMITS"] { relay.rateLimits.enabled = try onOff(value, "PARLEY_RATE_LIMITS") }
         if let value = environment["PARLEY_TLS_CERT"] { relay.tlsCertificatePath = value }
         if let value = environment["PARLEY_TLS_KEY"] { relay.tlsKeyPath = value }
         if let value = environment["PARLEY_DATABASE_URL"] { database.url = value }
@@ -58,6 +60,7 @@ struct Options {
             case "--listen": try setListen(try next())
             case "--key-ttl": relay.keyTTLSeconds = try positive(try next(), name)
             case "--db-workers": relay.databaseWorkers = try positive(try next(), name)
+            case "--rate-limits": relay.rateLimits.enabled = try onOff(try next(), name)
             case "--tls-cert": relay.tlsCertificatePath = try next()
             case "--tls-key": relay.tlsKeyPath = try next()
             case "--database-url": database.url = try next()
@@ -78,6 +81,14 @@ extension Options {
         }
         relay.host = String(value[..<colon])
         relay.port = port
+    }
+
+    func onOff(_ value: String, _ name: String) throws -> Bool {
+        switch value {
+        case "on": return true
+        case "off": return false
+        default: throw UsageError("\(name) takes on or off")
+        }
     }
 
     func positive(_ value: String, _ name: String) throws -> Int {

@@ -25,6 +25,9 @@ final class Connection {
     /// Followed channels.
     var subscriptions: [ID: Subscription] = [:]
 
+    /// Requests per second of this connection (§10 limits).
+    var requestBucket: TokenBucket
+
     /// Set when the connection must be closed at its next writable callback.
     var pendingClose: (code: UInt16, reason: String)?
 
@@ -33,10 +36,11 @@ final class Connection {
         let live: Bool
     }
 
-    init(id: UInt64, wsi: OpaquePointer, peerAddress: String) {
+    init(id: UInt64, wsi: OpaquePointer, peerAddress: String, requestBucket: TokenBucket) {
         self.id = id
         self.wsi = wsi
         self.peerAddress = peerAddress
+        self.requestBucket = requestBucket
     }
 
     var isAuthenticated: Bool { userID != nil }

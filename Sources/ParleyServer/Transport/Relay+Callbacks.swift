@@ -23,7 +23,8 @@ extension Relay {
         case LWS_CALLBACK_ESTABLISHED:
             guard let user else { return -1 }
             nextConnectionID += 1
-            let connection = Connection(id: nextConnectionID, wsi: wsi, peerAddress: peerAddress(wsi))
+            let connection = Connection(id: nextConnectionID, wsi: wsi, peerAddress: peerAddress(wsi),
+                                        requestBucket: rateLimiter.connectionBucket())
             user.storeBytes(of: connection.id, as: UInt64.self)
             connections[connection.id] = connection
             connectionIDs[wsi] = connection.id

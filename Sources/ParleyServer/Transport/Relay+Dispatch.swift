@@ -22,6 +22,16 @@ extension Relay {
             frame = decoded
         }
         metrics.frameIn(frame.request.type.rawValue)
+        if configuration.rateLimits.enabled {
+            // Refused requests are not applied, so a client may simply retry them later.
+            let wait = connection.requestBucket.take(now: RateLimiter.now())
+                ?? rateLimiter.check(frame.request, user: connection.userID, address: connection.peerAddress)
+            if let wait {
+                send(ErrorFrame(re: frame.id, code: .rateLimited, message: "too many requests, slow down",
+                                retryAfterMs: wait), to: connection)
+                return
+            }
+        }
         guard connection.isAuthenticated || frame.request.type.allowedUnauthenticated else {
             send(ErrorFrame(re: frame.id, code: .unauthenticated, message: "authenticate first"), to: connection)
             return
