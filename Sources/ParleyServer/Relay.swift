@@ -136,7 +136,16 @@ public final class Relay: @unchecked Sendable {
         stateLock.withLock { boundPort = listening }
         ready.signal()
 
-        while !isStopping {
+        // On stop: every connection is sent a 1001 close (EVENT_WAIT_CANCELLED), then the
+        // loop keeps serving for up to two seconds so those frames and in-flight replies go out.
+        var deadline: Date?
+        while true {
+            if isStopping {
+                let limit = deadline ?? Date().addingTimeInterval(2)
+                deadline = limit
+                if connections.isEmpty || Date() > limit { break }
+                closeAllForShutdown()
+            }
             if lws_service(context, 0) < 0 { break }
         }
         completions.context = nil

@@ -11,7 +11,6 @@ extension Relay {
         switch reason {
         case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
             drainCompletions()
-            if isStopping { closeAllForShutdown() }
             return 0
 
         case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
@@ -144,7 +143,7 @@ extension Relay {
         }
     }
 
-    private func closeAllForShutdown() {
+    func closeAllForShutdown() {
         for connection in connections.values where connection.pendingClose == nil {
             close(connection, code: 1001, reason: "server shutting down")
         }
