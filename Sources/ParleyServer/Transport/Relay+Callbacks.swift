@@ -15,8 +15,16 @@ extension Relay {
 
         case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
             // Only `parley.v1` on `/ws` may upgrade; protocols[0] is chosen when the client
-            // offered no subprotocol we speak.
-            guard isParleyProtocol(wsi), requestPath(wsi) == ProtocolConstants.path else { return 1 }
+            // offered no subprotocol we speak. Refusals get an HTTP answer, not a bare close:
+            // 404 for another path (as a plain GET there), 400 without `parley.v1`.
+            if requestPath(wsi) != ProtocolConstants.path {
+                refuseUpgrade(wsi, status: 404, reason: "Not Found", body: "not found\n")
+                return 1
+            }
+            if !isParleyProtocol(wsi) {
+                refuseUpgrade(wsi, status: 400, reason: "Bad Request", body: "offer the subprotocol parley.v1\n")
+                return 1
+            }
             return 0
 
         case LWS_CALLBACK_ESTABLISHED:
@@ -175,6 +183,16 @@ extension Relay {
         default:
             return respond(wsi, status: 404, body: "not found\n", type: "text/plain")
         }
+    }
+
+    /// Answers a refused WebSocket upgrade with a complete HTTP/1.1 response, written at
+    /// once because the connection is closed right after. (lws's own status helpers answer
+    /// an upgrade request as HTTP/1.0, which WebSocket clients refuse to read.)
+    private func refuseUpgrade(_ wsi: OpaquePointer, status: Int, reason: String, body: String) {
+        let response = "HTTP/1.1 \(status) \(reason)\r\ncontent-type: text/plain\r\n"
+            + "content-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n" + body
+        let frame = FrameBuffer(Array(response.utf8))
+        _ = lws_write(wsi, frame.payload, frame.count, LWS_WRITE_HTTP_HEADERS)
     }
 
     private func respond(_ wsi: OpaquePointer, status: UInt32, body: String, type: String) -> Int32 {
