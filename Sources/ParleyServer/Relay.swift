@@ -90,7 +90,12 @@ public final class Relay: @unchecked Sendable {
     // MARK: - Service loop
 
     private func runServiceLoop(ready: DispatchSemaphore) {
-        lws_set_log_level(Int32(LLL_ERR | LLL_WARN), nil)
+        // lws's own notices are connection-level noise; its errors and warnings are not.
+        switch configuration.logLevel {
+        case .error: lws_set_log_level(Int32(LLL_ERR), nil)
+        case .warn, .info: lws_set_log_level(Int32(LLL_ERR | LLL_WARN), nil)
+        case .debug: lws_set_log_level(Int32(LLL_ERR | LLL_WARN | LLL_NOTICE | LLL_INFO), nil)
+        }
         let protocols = Self.makeProtocols()
         defer {
             for index in 0..<2 { free(UnsafeMutableRawPointer(mutating: protocols[index].name)) }

@@ -22,6 +22,24 @@ public struct RelayConfiguration: Sendable {
     public var sessionTTLSeconds = Limits.sessionTTLSeconds
     /// ±window for client `ts`, seconds, inclusive.
     public var timestampWindowSeconds = Limits.timestampWindowSeconds
+    /// How much the relay and libwebsockets log (`PARLEY_LOG_LEVEL`).
+    public var logLevel = LogLevel.info
+
+    public enum LogLevel: String, Sendable, Comparable {
+        case error, warn, info, debug
+
+        private var rank: Int {
+            switch self {
+            case .error: return 0
+            case .warn: return 1
+            case .info: return 2
+            case .debug: return 3
+            }
+        }
+
+        public static func < (lhs: LogLevel, rhs: LogLevel) -> Bool { lhs.rank < rhs.rank }
+    }
+
     /// Rate limits (`PARLEY_RATE_LIMITS=off` turns them all off).
     public var rateLimits = RateLimits()
     /// PEM certificate and key for `wss://`; plain `ws://` when nil.

@@ -18,7 +18,16 @@ let usage = """
       --migrations DIR      migrations folder (PARLEY_MIGRATIONS_DIR, default: ./migrations)
       --key-ttl SECONDS     channel key lifetime (PARLEY_KEY_TTL, default 3600)
       --db-workers N        database worker threads (PARLEY_DB_WORKERS, default 4)
+      --max-frame-bytes N   largest client message (PARLEY_MAX_FRAME_BYTES, default 262144)
+      --max-ciphertext-bytes N
+                            largest message ciphertext (PARLEY_MAX_CIPHERTEXT_BYTES, default 65536)
+      --queue-bytes N       live bytes queued per connection before 4008 (PARLEY_QUEUE_BYTES, default 4 MiB)
       --rate-limits on|off  the contract's rate limits (PARLEY_RATE_LIMITS, default on)
+      --rate-connection R/B requests per second and burst per connection (PARLEY_RATE_CONNECTION, 50/200)
+      --rate-messages R/B   messages per second and burst per user (PARLEY_RATE_MESSAGES, 20/100)
+      --rate-signups N      signups per minute per address (PARLEY_RATE_SIGNUPS, 30)
+      --rate-logins N       logins per minute per username and per address (PARLEY_RATE_LOGINS, 10)
+      --log-level LEVEL     error, warn, info or debug (PARLEY_LOG_LEVEL, default info)
       --tls-cert FILE       PEM certificate for wss:// (PARLEY_TLS_CERT)
       --tls-key FILE        PEM private key for wss:// (PARLEY_TLS_KEY)
 
@@ -31,15 +40,9 @@ struct Options {
     var relay = RelayConfiguration()
 
     init(arguments: [String], environment: [String: String]) throws {
-        if let value = environment["PARLEY_LISTEN"] { try setListen(value) }
-        if let value = environment["PARLEY_KEY_TTL"] { relay.keyTTLSeconds = try positive(value, "PARLEY_KEY_TTL") }
-        if let value = environment["PARLEY_DB_WORKERS"] { relay.databaseWorkers = try positive(value, "PARLEY_DB_WORKERS") }
-        if let value = environment["PARLEY_RATE_LIMITS"] { relay.rateLimits.enabled = try onOff(value, "PARLEY_RATE_LIMITS") }
-        if let value = environment["PARLEY_TLS_CERT"] { relay.tlsCertificatePath = value }
-        if let value = environment["PARLEY_TLS_KEY"] { relay.tlsKeyPath = value }
-        if let value = environment["PARLEY_DATABASE_URL"] { database.url = value }
-        if let value = environment["PARLEY_DATA_DIR"] { database.dataDirectory = URL(fileURLWithPath: value) }
-        if let value = environment["PARLEY_MIGRATIONS_DIR"] { database.migrationsDirectory = URL(fileURLWithPath: value) }
+        for setting in Self.settings {
+            if let value = environment[setting.environment] { try setting.apply(&self, value, setting.environment) }
+        }
         var remaining = arguments[...]
         if let first = remaining.first, !first.hasPrefix("-") {
             command = first
@@ -51,26 +54,73 @@ struct Options {
                 name = String(argument[..<equals])
                 value = String(argument[argument.index(after: equals)...])
             }
-            func next() throws -> String {
-                if let value { return value }
-                guard let following = remaining.popFirst() else { throw UsageError("\(name) needs a value") }
-                return following
+            if name == "-h" || name == "--help" {
+                command = "help"
+                continue
             }
-            switch name {
-            case "--listen": try setListen(try next())
-            case "--key-ttl": relay.keyTTLSeconds = try positive(try next(), name)
-            case "--db-workers": relay.databaseWorkers = try positive(try next(), name)
-            case "--rate-limits": relay.rateLimits.enabled = try onOff(try next(), name)
-            case "--tls-cert": relay.tlsCertificatePath = try next()
-            case "--tls-key": relay.tlsKeyPath = try next()
-            case "--database-url": database.url = try next()
-            case "--data-dir": database.dataDirectory = URL(fileURLWithPath: try next())
-            case "--migrations": database.migrationsDirectory = URL(fileURLWithPath: try next())
-            case "-h", "--help": command = "help"
-            default: throw UsageError("unknown option \(name)")
+            guard let setting = Self.settings.first(where: { $0.flag == name }) else {
+                throw UsageError("unknown option \(name)")
             }
+            guard let given = value ?? remaining.popFirst() else { throw UsageError("\(name) needs a value") }
+            try setting.apply(&self, given, name)
         }
     }
+
+    /// One setting: its flag, its environment variable, and how it applies a value.
+    struct Setting: Sendable {
+        let flag: String
+        let environment: String
+        let apply: @Sendable (inout Options, String, String) throws -> Void
+    }
+
+    static let settings: [Setting] = [
+        Setting(flag: "--listen", environment: "PARLEY_LISTEN") { options, value, _ in try options.setListen(value) },
+        Setting(flag: "--database-url", environment: "PARLEY_DATABASE_URL") { options, value, _ in options.database.url = value },
+        Setting(flag: "--data-dir", environment: "PARLEY_DATA_DIR") { options, value, _ in
+            options.database.dataDirectory = URL(fileURLWithPath: value)
+        },
+        Setting(flag: "--migrations", environment: "PARLEY_MIGRATIONS_DIR") { options, value, _ in
+            options.database.migrationsDirectory = URL(fileURLWithPath: value)
+        },
+        Setting(flag: "--key-ttl", environment: "PARLEY_KEY_TTL") { options, value, name in
+            options.relay.keyTTLSeconds = try positive(value, name)
+        },
+        Setting(flag: "--db-workers", environment: "PARLEY_DB_WORKERS") { options, value, name in
+            options.relay.databaseWorkers = try positive(value, name)
+        },
+        Setting(flag: "--max-frame-bytes", environment: "PARLEY_MAX_FRAME_BYTES") { options, value, name in
+            options.relay.maxFrameBytes = try positive(value, name)
+        },
+        Setting(flag: "--max-ciphertext-bytes", environment: "PARLEY_MAX_CIPHERTEXT_BYTES") { options, value, name in
+            options.relay.maxCiphertextBytes = try positive(value, name)
+        },
+        Setting(flag: "--queue-bytes", environment: "PARLEY_QUEUE_BYTES") { options, value, name in
+            options.relay.outgoingQueueBytes = try positive(value, name)
+        },
+        Setting(flag: "--rate-limits", environment: "PARLEY_RATE_LIMITS") { options, value, name in
+            options.relay.rateLimits.enabled = try onOff(value, name)
+        },
+        Setting(flag: "--rate-connection", environment: "PARLEY_RATE_CONNECTION") { options, value, name in
+            (options.relay.rateLimits.connectionRate, options.relay.rateLimits.connectionBurst) = try rateAndBurst(value, name)
+        },
+        Setting(flag: "--rate-messages", environment: "PARLEY_RATE_MESSAGES") { options, value, name in
+            (options.relay.rateLimits.messageRate, options.relay.rateLimits.messageBurst) = try rateAndBurst(value, name)
+        },
+        Setting(flag: "--rate-signups", environment: "PARLEY_RATE_SIGNUPS") { options, value, name in
+            options.relay.rateLimits.signupsPerMinute = Double(try positive(value, name))
+        },
+        Setting(flag: "--rate-logins", environment: "PARLEY_RATE_LOGINS") { options, value, name in
+            options.relay.rateLimits.loginsPerMinute = Double(try positive(value, name))
+        },
+        Setting(flag: "--log-level", environment: "PARLEY_LOG_LEVEL") { options, value, name in
+            guard let level = RelayConfiguration.LogLevel(rawValue: value) else {
+                throw UsageError("\(name) takes error, warn, info or debug")
+            }
+            options.relay.logLevel = level
+        },
+        Setting(flag: "--tls-cert", environment: "PARLEY_TLS_CERT") { options, value, _ in options.relay.tlsCertificatePath = value },
+        Setting(flag: "--tls-key", environment: "PARLEY_TLS_KEY") { options, value, _ in options.relay.tlsKeyPath = value },
+    ]
 }
 
 extension Options {
@@ -83,7 +133,15 @@ extension Options {
         relay.port = port
     }
 
-    func onOff(_ value: String, _ name: String) throws -> Bool {
+    static func rateAndBurst(_ value: String, _ name: String) throws -> (Double, Double) {
+        let parts = value.split(separator: "/")
+        guard parts.count == 2, let rate = Double(parts[0]), let burst = Double(parts[1]), rate > 0, burst >= 1 else {
+            throw UsageError("\(name) takes RATE/BURST, e.g. 50/200")
+        }
+        return (rate, burst)
+    }
+
+    static func onOff(_ value: String, _ name: String) throws -> Bool {
         switch value {
         case "on": return true
         case "off": return false
@@ -91,7 +149,7 @@ extension Options {
         }
     }
 
-    func positive(_ value: String, _ name: String) throws -> Int {
+    static func positive(_ value: String, _ name: String) throws -> Int {
         guard let number = Int(value), number > 0 else { throw UsageError("\(name) takes a positive integer") }
         return number
     }
@@ -102,7 +160,11 @@ struct UsageError: Error {
     init(_ message: String) { self.message = message }
 }
 
-func log(_ text: String) {
+/// Startup and shutdown lines (info). They never carry secrets: none pass through here.
+nonisolated(unsafe) var logLevel = RelayConfiguration.LogLevel.info
+
+func log(_ text: String, level: RelayConfiguration.LogLevel = .info) {
+    guard level <= logLevel else { return }
     FileHandle.standardError.write(Data("parley-server: \(text)\n".utf8))
 }
 
@@ -126,6 +188,9 @@ func runMigrate(_ options: Options) throws {
 }
 
 func runServe(_ options: Options) throws {
+    guard (options.relay.tlsCertificatePath == nil) == (options.relay.tlsKeyPath == nil) else {
+        throw UsageError("--tls-cert and --tls-key go together")
+    }
     // SIGINT and SIGTERM are taken with sigwait on this thread: block them before any
     // other thread starts, so none of them is interrupted instead.
     var signals = sigset_t()
@@ -159,6 +224,7 @@ func runServe(_ options: Options) throws {
 
 do {
     let options = try Options(arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment)
+    logLevel = options.relay.logLevel
     switch options.command {
     case "migrate":
         try runMigrate(options)
@@ -170,14 +236,14 @@ do {
         throw UsageError("unknown command \(options.command)")
     }
 } catch let error as UsageError {
-    log(error.message)
+    log(error.message, level: .error)
     FileHandle.standardError.write(Data(usage.utf8))
     exit(64)
 } catch let error as StoreError {
     // The detail may name paths and server messages, never secrets: none pass through here.
-    log("\(error.description): \(error.detail)")
+    log("\(error.description): \(error.detail)", level: .error)
     exit(1)
 } catch {
-    log("\(error)")
+    log("\(error)", level: .error)
     exit(1)
 }

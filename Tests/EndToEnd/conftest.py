@@ -28,7 +28,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 REPO = Path(__file__).resolve().parents[2]
-LISTEN_RE = re.compile(r"relay listening on (ws://[0-9.]+:(\d+)/ws)")
+LISTEN_RE = re.compile(r"relay listening on (wss?://[0-9.]+:(\d+)/ws)")
 TEST_TIME_LIMIT = float(os.environ.get("PARLEY_E2E_TEST_TIMEOUT", "180"))
 
 
