@@ -168,23 +168,36 @@ func log(_ text: String, level: RelayConfiguration.LogLevel = .info) {
     FileHandle.standardError.write(Data("parley-server: \(text)\n".utf8))
 }
 
-func runMigrate(_ options: Options) throws {
+/// Opens the database (starting the embedded cluster when no URL is given) and applies
+/// the migrations. The caller closes it.
+func openMigratedDatabase(_ options: Options) throws -> Database {
     let database = try Database(configuration: options.database)
-    defer {
-        do { try database.close() } catch { log("stopping the embedded database failed: \(error)") }
+    do {
+        if let embedded = database.embedded {
+            log("embedded PostgreSQL in \(embedded.clusterDirectory.path)")
+        }
+        let report = try database.migrate(configuration: options.database)
+        if report.applied.isEmpty {
+            log("schema up to date (\(report.alreadyApplied.count) migrations applied earlier)")
+        } else {
+            log("applied migrations \(report.applied.map(String.init).joined(separator: ", "))")
+        }
+        if !report.unknown.isEmpty {
+            log("the database also has migrations \(report.unknown.map(String.init).joined(separator: ", ")) from a newer relay")
+        }
+        return database
+    } catch {
+        try? database.close()
+        throw error
     }
-    if let embedded = database.embedded {
-        log("embedded PostgreSQL in \(embedded.clusterDirectory.path)")
-    }
-    let report = try database.migrate(configuration: options.database)
-    if report.applied.isEmpty {
-        log("schema up to date (\(report.alreadyApplied.count) migrations applied earlier)")
-    } else {
-        log("applied migrations \(report.applied.map(String.init).joined(separator: ", "))")
-    }
-    if !report.unknown.isEmpty {
-        log("the database also has migrations \(report.unknown.map(String.init).joined(separator: ", ")) from a newer relay")
-    }
+}
+
+func close(_ database: Database) {
+    do { try database.close() } catch { log("stopping the embedded database failed: \(error)", level: .error) }
+}
+
+func runMigrate(_ options: Options) throws {
+    close(try openMigratedDatabase(options))
 }
 
 func runServe(_ options: Options) throws {
@@ -200,17 +213,8 @@ func runServe(_ options: Options) throws {
     pthread_sigmask(SIG_BLOCK, &signals, nil)
     signal(SIGPIPE, SIG_IGN)
 
-    let database = try Database(configuration: options.database)
-    defer {
-        do { try database.close() } catch { log("stopping the embedded database failed: \(error)") }
-    }
-    if let embedded = database.embedded {
-        log("embedded PostgreSQL in \(embedded.clusterDirectory.path)")
-    }
-    let report = try database.migrate(configuration: options.database)
-    if !report.applied.isEmpty {
-        log("applied migrations \(report.applied.map(String.init).joined(separator: ", "))")
-    }
+    let database = try openMigratedDatabase(options)
+    defer { close(database) }
     let relay = Relay(configuration: options.relay, connectionString: database.connectionString)
     try relay.start()
     let scheme = options.relay.tlsCertificatePath == nil ? "ws" : "wss"

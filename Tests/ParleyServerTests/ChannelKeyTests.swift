@@ -483,7 +483,7 @@ final class ChannelKeyTests: XCTestCase {
         ]
         let users = [alice.id, bob.id]
         let service = relay.service, connectionString = relay.connectionString, nodeID = relay.nodeID
-        let outcomes = channelTestOnThreads(2) { index -> ServerFrame in
+        let outcomes = onThreads(2) { index -> ServerFrame in
             let connection = try PostgresConnection(connectionString: connectionString)
             let outcome = service.handle(.keys(requests[index]), id: "k\(index)",
                                          context: RequestContext(connectionID: UInt64(index), nodeID: nodeID, userID: users[index]),

@@ -179,37 +179,3 @@ struct ChannelTestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// A value shared between the channel tests' threads, guarded by its own lock.
-final class ChannelTestLocked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value   // guarded by lock
-
-    init(_ value: Value) { self.value = value }
-
-    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
-}
-
-/// Runs `body` on `count` new threads released together and returns each one's result.
-func channelTestOnThreads<T: Sendable>(_ count: Int, _ body: @escaping @Sendable (Int) throws -> T) -> [Result<T, any Error>] {
-    let results = ChannelTestLocked<[Result<T, any Error>?]>(Array(repeating: nil, count: count))
-    let gate = DispatchSemaphore(value: 0)
-    let group = DispatchGroup()
-    for index in 0..<count {
-        group.enter()
-        let thread = Thread {
-            gate.wait()
-            let outcome = Result { try body(index) }
-            results.withLock { $0[index] = outcome }
-            group.leave()
-        }
-        thread.name = "channel-test-\(index)"
-        thread.start()
-    }
-    for _ in 0..<count { gate.signal() }
-    if group.wait(timeout: .now() + 120) == .timedOut { XCTFail("threads did not finish") }
-    return results.withLock { $0 }.map { $0 ?? .failure(ChannelTestFailure("thread did not finish")) }
-}

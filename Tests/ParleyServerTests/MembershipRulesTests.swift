@@ -1,6 +1,7 @@
 import ParleyCrypto
 import ParleyProtocol
 @testable import ParleyServer
+import ParleyTestSupport
 import XCTest
 
 /// The membership chain rules on hand-built statements: no database, a fake signature
@@ -333,7 +334,7 @@ final class MembershipRulesTests: XCTestCase {
     }
 
     func testVerifierSeesTheSignerAndTheSignedText() {
-        let seen = ChannelTestLocked<[(ID, [UInt8])]>([])
+        let seen = Locked<[(ID, [UInt8])]>([])
         let v2 = after(v1, members: [a, b, c, d], signer: a)
         _ = MembershipRules.check(v2, changeContext(v1, requester: a, change: .add(d))) { signer, text, sig in
             seen.withLock { $0.append((signer, text)) }

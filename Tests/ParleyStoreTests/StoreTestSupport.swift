@@ -3,55 +3,9 @@ import ParleyStore
 import ParleyTestSupport
 import XCTest
 
-/// A value shared between test threads, guarded by its own lock.
-final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value   // guarded by lock
-
-    init(_ value: Value) { self.value = value }
-
-    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
-
-    var current: Value { withLock { $0 } }
-}
-
 /// Thrown inside a transaction to make it roll back on purpose.
 struct DeliberateRollback: Error, Equatable {}
 
-/// Runs `body` on `count` new threads released together, waits for all of them (up to
-/// `timeout` seconds, a guard against a hang, not a measurement) and returns each
-/// thread's outcome in thread order.
-func onThreads<T: Sendable>(
-    _ count: Int,
-    timeout: TimeInterval = 300,
-    file: StaticString = #filePath,
-    line: UInt = #line,
-    _ body: @escaping @Sendable (Int) throws -> T
-) -> [Result<T, any Error>] {
-    let results = Locked<[Result<T, any Error>?]>(Array(repeating: nil, count: count))
-    let gate = DispatchSemaphore(value: 0)
-    let group = DispatchGroup()
-    for index in 0..<count {
-        group.enter()
-        let thread = Thread {
-            gate.wait()
-            let outcome = Result { try body(index) }
-            results.withLock { $0[index] = outcome }
-            group.leave()
-        }
-        thread.name = "store-test-\(index)"
-        thread.start()
-    }
-    for _ in 0..<count { gate.signal() }
-    if group.wait(timeout: .now() + timeout) == .timedOut {
-        XCTFail("threads did not finish within \(timeout) s", file: file, line: line)
-    }
-    return results.current.map { $0 ?? .failure(StoreError(.queryFailed, detail: "thread did not finish")) }
-}
 
 /// The `StoreError` that `body` throws; fails the test when it returns or throws
 /// something else.
