@@ -56,6 +56,10 @@ let package = Package(
         .testTarget(name: "ParleyProtocolTests", dependencies: ["ParleyProtocol", "ParleyEncoding"]),
         .testTarget(name: "ParleyStoreTests", dependencies: ["ParleyStore", "ParleyTestSupport"]),
         .testTarget(
+            name: "ParleyClientTests",
+            dependencies: ["ParleyClient", "ParleyServer", "ParleyStore", "ParleyProtocol", "ParleyCrypto", "ParleyTestSupport"]
+        ),
+        .testTarget(
             name: "ParleyServerTests",
             dependencies: ["ParleyServer", "ParleyStore", "ParleyProtocol", "ParleyCrypto", "ParleyTestSupport"]
         ),
