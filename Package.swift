@@ -53,7 +53,7 @@ let package = Package(
         .target(name: "ParleyTestSupport", dependencies: ["ParleyStore"], path: "Tests/ParleyTestSupport"),
         .testTarget(name: "ParleyEncodingTests", dependencies: ["ParleyEncoding"]),
         .testTarget(name: "ParleyCryptoTests", dependencies: ["ParleyCrypto"]),
-        .testTarget(name: "ParleyProtocolTests", dependencies: ["ParleyProtocol", "ParleyEncoding"]),
+        .testTarget(name: "ParleyProtocolTests", dependencies: ["ParleyProtocol", "ParleyEncoding", "ParleyCrypto"]),
         .testTarget(name: "ParleyStoreTests", dependencies: ["ParleyStore", "ParleyTestSupport"]),
         .testTarget(
             name: "ParleyClientTests",

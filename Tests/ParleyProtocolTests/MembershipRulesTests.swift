@@ -1,7 +1,5 @@
 import ParleyCrypto
 import ParleyProtocol
-@testable import ParleyServer
-import ParleyTestSupport
 import XCTest
 
 /// The membership chain rules on hand-built statements: no database, a fake signature
@@ -334,15 +332,42 @@ final class MembershipRulesTests: XCTestCase {
     }
 
     func testVerifierSeesTheSignerAndTheSignedText() {
-        let seen = Locked<[(ID, [UInt8])]>([])
+        var calls: [(ID, [UInt8])] = []
         let v2 = after(v1, members: [a, b, c, d], signer: a)
         _ = MembershipRules.check(v2, changeContext(v1, requester: a, change: .add(d))) { signer, text, sig in
-            seen.withLock { $0.append((signer, text)) }
+            calls.append((signer, text))
             return sig == v2.sig
         }
-        let calls = seen.withLock { $0 }
         XCTAssertEqual(calls.count, 1)
         XCTAssertEqual(calls.first?.0, a)
         XCTAssertEqual(calls.first?.1, v2.signedText(channelID: channel))
+    }
+    // MARK: - Shared with clients
+
+    func testWithoutAClockTheWindowIsNotChecked() {
+        // A client checking a stored chain has no time of submission to compare with.
+        var context = createContext(requester: a)
+        context.now = nil
+        XCTAssertNotNil(accepted(MembershipRules.check(signed(ts: 0, owner: a, members: [a], signer: a), context, verify: verify)))
+        let v2 = after(v1, members: [a, b, c, d], signer: a, ts: now + 10_000)
+        var change = changeContext(v1, requester: a, change: .add(d))
+        change.now = nil
+        XCTAssertNotNil(accepted(MembershipRules.check(v2, change, verify: verify)))
+    }
+
+    func testSuccessorFromTheChain() {
+        // v1 {a, c}; v2 adds b; v3 removes c; v4 adds c again.
+        let first = signed(owner: a, members: [a, c], signer: a)
+        let second = after(first, members: [a, b, c], signer: a)
+        XCTAssertEqual(MembershipRules.successor(in: [first, second], leaving: a), c, "v1 outranks v2 though b < c")
+        let third = after(second, members: [a, b], signer: a)
+        let fourth = after(third, members: [a, b, c], signer: a)
+        XCTAssertEqual(MembershipRules.successor(in: [first, second, third, fourth], leaving: a), b, "the latest join counts")
+        // Ties within one version go to the smaller id.
+        let together = signed(owner: d, members: [d, c, b], signer: d)
+        XCTAssertEqual(MembershipRules.successor(in: [together], leaving: d), b)
+        // Nobody left.
+        XCTAssertNil(MembershipRules.successor(in: [signed(owner: a, members: [a], signer: a)], leaving: a))
+        XCTAssertNil(MembershipRules.successor(in: [], leaving: a))
     }
 }

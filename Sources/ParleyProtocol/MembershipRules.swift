@@ -1,9 +1,9 @@
-import ParleyProtocol
-
-/// The checks the relay makes on a signed membership statement before applying it
-/// (wire-protocol §5 and §10 "Channels"). Pure: no database, no clock, no I/O — the
-/// handler passes in what it read under the channel's row lock, the time, and a closure
-/// that verifies signatures with the stored public keys. Safe on any thread.
+/// The checks made on a signed membership statement (wire-protocol §5 and §10
+/// "Channels"): by the relay before applying it, and by clients verifying a chain before
+/// they trust a member list — the same code on both sides. Pure: no database, no clock,
+/// no I/O — the caller passes in the previous statement, the time (the relay) or nothing
+/// (a client checking stored statements), and a closure that verifies signatures (the
+/// relay with the stored public keys, a client with its pinned ones). Safe on any thread.
 ///
 /// Order of checks (the first failing one answers):
 /// - `channel.create` (version 1): version 1, empty `prev`, an owner, no duplicate
@@ -23,9 +23,9 @@ import ParleyProtocol
 ///
 /// Existence of the users named is the handler's business (`not_found`), checked after
 /// these rules pass.
-enum MembershipRules {
+public enum MembershipRules {
     /// What the request asks for.
-    enum Change: Equatable, Sendable {
+    public enum Change: Equatable, Sendable {
         /// `channel.create`: statement version 1.
         case create
         /// `channel.add` with the request's `user_id`.
@@ -35,57 +35,76 @@ enum MembershipRules {
     }
 
     /// Signature check with the signer's stored public key: (signer, signed text, sig).
-    typealias Verifier = (_ signer: ID, _ text: [UInt8], _ sig: [UInt8]) -> Bool
+    public typealias Verifier = (_ signer: ID, _ text: [UInt8], _ sig: [UInt8]) -> Bool
 
     /// Everything the rules look at besides the statement itself.
-    struct Context {
-        var channelID: ID
-        /// The authenticated user making the request.
-        var requester: ID
-        var change: Change
+    public struct Context: Sendable {
+        public var channelID: ID
+        /// The authenticated user making the request (a client checking a stored chain
+        /// passes the statement's signer).
+        public var requester: ID
+        public var change: Change
         /// The current statement (version n); nil for `channel.create`.
-        var previous: MembershipStatement?
+        public var previous: MembershipStatement?
         /// SHA-256 of `previous`'s signed text (what the new `prev` must be).
-        var previousTextHash: [UInt8] = []
+        public var previousTextHash: [UInt8] = []
         /// When the current owner leaves: the member who must take over (the earliest
         /// latest join, ties broken by the smaller id). Ignored otherwise.
-        var successor: ID?
-        /// The relay's clock, unix seconds.
-        var now: Int
+        public var successor: ID?
+        /// The relay's clock, unix seconds; nil skips the `ts` window, which applies only
+        /// when a statement is submitted (a client checking stored statements has no
+        /// "time of submission" to compare with).
+        public var now: Int?
         /// Inclusive ± window for `ts`, seconds.
-        var windowSeconds: Int
-        var maxMembers: Int = Limits.maxMembers
+        public var windowSeconds: Int
+        public var maxMembers: Int = Limits.maxMembers
+
+        public init(
+            channelID: ID, requester: ID, change: Change, previous: MembershipStatement? = nil,
+            previousTextHash: [UInt8] = [], successor: ID? = nil, now: Int?, windowSeconds: Int,
+            maxMembers: Int = Limits.maxMembers
+        ) {
+            self.channelID = channelID
+            self.requester = requester
+            self.change = change
+            self.previous = previous
+            self.previousTextHash = previousTextHash
+            self.successor = successor
+            self.now = now
+            self.windowSeconds = windowSeconds
+            self.maxMembers = maxMembers
+        }
     }
 
     /// A statement that passed every rule, with what applying it means.
-    struct Accepted: Equatable {
-        var statement: MembershipStatement
+    public struct Accepted: Equatable, Sendable {
+        public var statement: MembershipStatement
         /// The member added or removed; nil for a create.
-        var subject: ID?
+        public var subject: ID?
         /// `.added` or `.removed`; nil for a create.
-        var action: Event.Member.Action?
+        public var action: Event.Member.Action?
         /// The owner before the change (nil for a create).
-        var previousOwner: ID?
+        public var previousOwner: ID?
         /// The owner after the change; nil once the last member left.
-        var owner: ID?
+        public var owner: ID?
         /// The last member left: the channel is closed for good.
-        var closesChannel: Bool
+        public var closesChannel: Bool
         /// True when the owner changes hands (the owner left, someone remains).
-        var ownerChanged: Bool { previousOwner != nil && owner != nil && previousOwner != owner }
+        public var ownerChanged: Bool { previousOwner != nil && owner != nil && previousOwner != owner }
     }
 
     /// Why a statement was refused, with the contract's error code.
-    struct Rejection: Error, Equatable {
-        var code: ErrorCode
-        var message: String
-        init(_ code: ErrorCode, _ message: String) {
+    public struct Rejection: Error, Equatable, Sendable {
+        public var code: ErrorCode
+        public var message: String
+        public init(_ code: ErrorCode, _ message: String) {
             self.code = code
             self.message = message
         }
     }
 
     /// Applies the rules of §5/§10 to `statement`.
-    static func check(_ statement: MembershipStatement, _ context: Context, verify: Verifier) -> Result<Accepted, Rejection> {
+    public static func check(_ statement: MembershipStatement, _ context: Context, verify: Verifier) -> Result<Accepted, Rejection> {
         do {
             switch context.change {
             case .create:
@@ -205,6 +224,32 @@ enum MembershipRules {
             previousOwner: previousOwner, owner: newOwner, closesChannel: statement.members.isEmpty)
     }
 
+    // MARK: - Owner succession
+
+    /// The member who takes over when `leaving` (the owner) leaves the channel whose
+    /// chain is `chain` (ascending, from version 1): the longest-standing remaining member
+    /// of the last statement — the one whose latest join came in the earliest version
+    /// (everyone in version 1 joined together), ties broken by the smaller user id. This
+    /// is the relay's rule (earliest latest `joined_at`, then the smaller id) read off the
+    /// signed chain, so a client can name the successor without trusting the relay.
+    /// Nil when nobody else remains.
+    public static func successor(in chain: [MembershipStatement], leaving: ID) -> ID? {
+        guard let last = chain.last else { return nil }
+        var joinedIn: [ID: Int] = [:]
+        var previous: Set<ID> = []
+        for statement in chain {
+            let current = Set(statement.members)
+            for member in current.subtracting(previous) { joinedIn[member] = statement.version }
+            previous = current
+        }
+        return last.members
+            .filter { $0 != leaving }
+            .min { lhs, rhs in
+                let (l, r) = (joinedIn[lhs] ?? Int.max, joinedIn[rhs] ?? Int.max)
+                return l != r ? l < r : lhs < rhs
+            }
+    }
+
     // MARK: - Shared checks
 
     private static func requireNoDuplicates(_ members: [ID]) throws {
@@ -215,7 +260,8 @@ enum MembershipRules {
 
     /// `ts` within ±window of the relay's clock, inclusive.
     private static func requireWindow(_ ts: Int, _ context: Context) throws {
-        let (difference, overflow) = ts.subtractingReportingOverflow(context.now)
+        guard let now = context.now else { return }
+        let (difference, overflow) = ts.subtractingReportingOverflow(now)
         guard !overflow, difference.magnitude <= UInt(max(context.windowSeconds, 0)) else {
             throw Rejection(.badTimestamp, "membership.ts is outside ±\(context.windowSeconds) s of the relay's clock")
         }
