@@ -24,6 +24,12 @@ test: setup
 	$(SWIFT) test $(TEST_FLAGS)
 	PARLEY_SERVER_BIN=$$($(SWIFT) build --show-bin-path)/parley-server python3 -m pytest -q Tests/EndToEnd
 
+# Two bots (alice and bob) talking through a relay on the embedded PostgreSQL: an
+# interleaved transcript of the protocol at work; everything is stopped at the end.
+.PHONY: demo
+demo: setup
+	scripts/demo
+
 migrate: setup
 	$(SWIFT) run parley-server migrate
 

@@ -48,6 +48,7 @@ let package = Package(
         .executableTarget(name: "parley-bot", dependencies: ["ParleyClient"]),
         .executableTarget(name: "parley", dependencies: ["ParleyClient"]),
         .executableTarget(name: "parley-bench", dependencies: ["ParleyClient"]),
+        .executableTarget(name: "parley-example-bot", dependencies: ["ParleyClient"], path: "Examples/EchoBot"),
 
         // Shared by the test targets: the embedded test database and its helpers.
         .target(name: "ParleyTestSupport", dependencies: ["ParleyStore"], path: "Tests/ParleyTestSupport"),
