@@ -330,8 +330,9 @@ func run(_ arguments: Arguments) async throws {
             if json { objects.append(messageObject(message, sender: sender)) } else { print(messageLine(message, sender: sender)) }
         }
         if json { print(jsonLine(["messages": objects, "has_more": page.hasMore])) }
-        else if page.messages.isEmpty { print("no messages") }
-        else if page.hasMore { print("(more: --after \(page.messages.last!.seq))") }
+        else if let last = page.messages.last {
+            if page.hasMore { print("(more: --after \(last.seq))") }
+        } else { print("no messages") }
 
     case "tail":
         try need(words, 1...1, "tail <channel> [--after N]")
