@@ -14,6 +14,17 @@ final class Metrics: @unchecked Sendable {
     private var slowConsumerCloses = 0                 // guarded by lock
     private var databaseSeconds = 0.0                  // guarded by lock
     private var databaseCalls = 0                      // guarded by lock
+    private var rejections: [String: Int] = [:]        // guarded by lock
+
+    /// Why a connection or request was refused (`parley_rejections_total{reason}`).
+    enum Rejection: String, CaseIterable {
+        case maxConnections = "max_connections"
+        case perAddress = "per_address"
+        case origin
+        case authTimeout = "auth_timeout"
+        case rateLimited = "rate_limited"
+        case slowConsumer = "slow_consumer"
+    }
 
     func connectionOpened() { lock.withLock { connections += 1 } }
     func connectionClosed() { lock.withLock { connections -= 1 } }
@@ -22,7 +33,13 @@ final class Metrics: @unchecked Sendable {
     func error(_ code: ErrorCode) { lock.withLock { errors[code.rawValue, default: 0] += 1 } }
     func messageStored() { lock.withLock { messagesStored += 1 } }
     func delivered(_ count: Int) { lock.withLock { deliveries += count } }
-    func slowConsumerClosed() { lock.withLock { slowConsumerCloses += 1 } }
+    func slowConsumerClosed() {
+        lock.withLock {
+            slowConsumerCloses += 1
+            rejections[Rejection.slowConsumer.rawValue, default: 0] += 1
+        }
+    }
+    func rejected(_ reason: Rejection) { lock.withLock { rejections[reason.rawValue, default: 0] += 1 } }
     func databaseCall(seconds: Double) {
         lock.withLock {
             databaseSeconds += seconds
@@ -57,6 +74,10 @@ final class Metrics: @unchecked Sendable {
             text += "parley_deliveries_total \(deliveries)\n"
             family("parley_slow_consumer_closes_total", "counter", "Connections closed with 4008.")
             text += "parley_slow_consumer_closes_total \(slowConsumerCloses)\n"
+            family("parley_rejections_total", "counter", "Connections and requests refused, by reason.")
+            for reason in Rejection.allCases {
+                text += "parley_rejections_total{reason=\"\(reason.rawValue)\"} \(rejections[reason.rawValue, default: 0])\n"
+            }
             family("parley_database_seconds", "summary", "Time spent in database jobs.")
             text += "parley_database_seconds_sum \(databaseSeconds)\nparley_database_seconds_count \(databaseCalls)\n"
             family("parley_database_up", "gauge", "1 when the last health check reached PostgreSQL.")

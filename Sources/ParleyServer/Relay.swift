@@ -33,6 +33,8 @@ public final class Relay: @unchecked Sendable {
     /// A subscribe request waiting for the database: what it replaced, to put back if it fails.
     var pendingSubscribes: [UInt64: [String: [ID: Subscription?]]] = [:]
     var rateLimiter: RateLimiter
+    /// Open WebSocket connections per peer address (the per-address limit).
+    var addressConnections: [String: Int] = [:]
 
     // Shared between threads, guarded by `stateLock`.
     private let stateLock = NSLock()

@@ -42,6 +42,18 @@ public struct RelayConfiguration: Sendable {
 
     /// Rate limits (`PARLEY_RATE_LIMITS=off` turns them all off).
     public var rateLimits = RateLimits()
+    /// Open WebSocket connections at most; past it a handshake is refused with 503
+    /// (`PARLEY_MAX_CONNECTIONS`).
+    public var maxConnections = 10_000
+    /// Open WebSocket connections per peer address at most; past it: 429
+    /// (`PARLEY_MAX_CONNECTIONS_PER_ADDRESS`).
+    public var maxConnectionsPerAddress = 256
+    /// Seconds a connection has to authenticate before it is closed with 1008; 0 = no
+    /// deadline (`PARLEY_AUTH_TIMEOUT`).
+    public var authTimeoutSeconds = 10
+    /// Origins a browser handshake may come from (e.g. `https://chat.example.com`); empty
+    /// allows any. A handshake without `Origin` is always allowed (`PARLEY_ALLOWED_ORIGINS`).
+    public var allowedOrigins: [String] = []
     /// PEM certificate and key for `wss://`; plain `ws://` when nil.
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?

@@ -27,6 +27,14 @@ let usage = """
       --rate-messages R/B   messages per second and burst per user (PARLEY_RATE_MESSAGES, 20/100)
       --rate-signups N      signups per minute per address (PARLEY_RATE_SIGNUPS, 30)
       --rate-logins N       logins per minute per username and per address (PARLEY_RATE_LOGINS, 10)
+      --max-connections N   open WebSocket connections at most; past it 503 (PARLEY_MAX_CONNECTIONS, default 10000)
+      --max-connections-per-address N
+                            connections per peer address; past it 429 (PARLEY_MAX_CONNECTIONS_PER_ADDRESS, default 256)
+      --auth-timeout SECONDS
+                            close (1008) connections not authenticated by then; 0 = off (PARLEY_AUTH_TIMEOUT, default 10)
+      --allowed-origins LIST
+                            comma-separated Origins a handshake may carry, else 403; empty = any
+                            (PARLEY_ALLOWED_ORIGINS, default empty)
       --log-level LEVEL     error, warn, info or debug (PARLEY_LOG_LEVEL, default info)
       --tls-cert FILE       PEM certificate for wss:// (PARLEY_TLS_CERT)
       --tls-key FILE        PEM private key for wss:// (PARLEY_TLS_KEY)
@@ -111,6 +119,20 @@ struct Options {
         },
         Setting(flag: "--rate-logins", environment: "PARLEY_RATE_LOGINS") { options, value, name in
             options.relay.rateLimits.loginsPerMinute = Double(try positive(value, name))
+        },
+        Setting(flag: "--max-connections", environment: "PARLEY_MAX_CONNECTIONS") { options, value, name in
+            options.relay.maxConnections = try positive(value, name)
+        },
+        Setting(flag: "--max-connections-per-address", environment: "PARLEY_MAX_CONNECTIONS_PER_ADDRESS") { options, value, name in
+            options.relay.maxConnectionsPerAddress = try positive(value, name)
+        },
+        Setting(flag: "--auth-timeout", environment: "PARLEY_AUTH_TIMEOUT") { options, value, name in
+            guard let seconds = Int(value), seconds >= 0 else { throw UsageError("\(name) takes seconds (0 = off)") }
+            options.relay.authTimeoutSeconds = seconds
+        },
+        Setting(flag: "--allowed-origins", environment: "PARLEY_ALLOWED_ORIGINS") { options, value, _ in
+            options.relay.allowedOrigins = value.split(separator: ",")
+                .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         },
         Setting(flag: "--log-level", environment: "PARLEY_LOG_LEVEL") { options, value, name in
             guard let level = RelayConfiguration.LogLevel(rawValue: value) else {

@@ -103,6 +103,10 @@ class RelayProcess:
         self.data_dir = data_dir
         if not rate_limits and supports_option("--rate-limits"):
             extra_args = ("--rate-limits", "off") + tuple(extra_args)
+        # Many tests keep unauthenticated sockets open for long (keepalive: ~60 s): no
+        # authentication deadline unless a test asks for one (a later flag wins).
+        if supports_option("--auth-timeout"):
+            extra_args = ("--auth-timeout", "0") + tuple(extra_args)
         self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None

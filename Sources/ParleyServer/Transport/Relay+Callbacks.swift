@@ -25,6 +25,24 @@ extension Relay {
                 refuseUpgrade(wsi, status: 400, reason: "Bad Request", body: "offer the subprotocol parley.v1\n")
                 return 1
             }
+            // Hardening: a browser page from another site may not use the socket (403);
+            // past the connection limits the handshake is refused (503, then 429).
+            if !configuration.allowedOrigins.isEmpty, let origin = header(wsi, WSI_TOKEN_ORIGIN),
+               !configuration.allowedOrigins.contains(origin) {
+                metrics.rejected(.origin)
+                refuseUpgrade(wsi, status: 403, reason: "Forbidden", body: "origin not allowed\n")
+                return 1
+            }
+            if connections.count >= configuration.maxConnections {
+                metrics.rejected(.maxConnections)
+                refuseUpgrade(wsi, status: 503, reason: "Service Unavailable", body: "too many connections\n")
+                return 1
+            }
+            if addressConnections[peerAddress(wsi), default: 0] >= configuration.maxConnectionsPerAddress {
+                metrics.rejected(.perAddress)
+                refuseUpgrade(wsi, status: 429, reason: "Too Many Requests", body: "too many connections from this address\n")
+                return 1
+            }
             return 0
 
         case LWS_CALLBACK_ESTABLISHED:
@@ -35,7 +53,19 @@ extension Relay {
             user.storeBytes(of: connection.id, as: UInt64.self)
             connections[connection.id] = connection
             connectionIDs[wsi] = connection.id
+            addressConnections[connection.peerAddress, default: 0] += 1
             metrics.connectionOpened()
+            if configuration.authTimeoutSeconds > 0 {
+                lws_set_timer_usecs(wsi, lws_usec_t(configuration.authTimeoutSeconds) * 1_000_000)
+            }
+            return 0
+
+        case LWS_CALLBACK_TIMER:
+            // The authentication deadline (armed at ESTABLISHED, cancelled on authentication).
+            if let connection = connection(for: wsi), !connection.isAuthenticated, connection.pendingClose == nil {
+                metrics.rejected(.authTimeout)
+                close(connection, code: 1008, reason: "authenticate within \(configuration.authTimeoutSeconds) s")
+            }
             return 0
 
         case LWS_CALLBACK_RECEIVE:
@@ -164,6 +194,13 @@ extension Relay {
         if let session = connection.sessionHash { sessionConnections[session]?.remove(connection.id) }
         connections.removeValue(forKey: connection.id)
         connectionIDs.removeValue(forKey: connection.wsi)
+        if let count = addressConnections[connection.peerAddress] {
+            if count <= 1 {
+                addressConnections.removeValue(forKey: connection.peerAddress)
+            } else {
+                addressConnections[connection.peerAddress] = count - 1
+            }
+        }
         pendingSubscribes.removeValue(forKey: connection.id)
         metrics.connectionClosed()
     }
@@ -215,16 +252,27 @@ extension Relay {
 
     // MARK: Helpers
 
+    /// Stops the authentication deadline of a connection that has authenticated.
+    func cancelAuthDeadline(_ connection: Connection) {
+        if configuration.authTimeoutSeconds > 0 { lws_set_timer_usecs(connection.wsi, -1) }
+    }
+
+    /// A request header's value, or nil when absent.
+    private func header(_ wsi: OpaquePointer, _ token: lws_token_indexes) -> String? {
+        let length = lws_hdr_total_length(wsi, token)
+        guard length > 0 else { return nil }
+        var buffer = [CChar](repeating: 0, count: Int(length) + 1)
+        guard lws_hdr_copy(wsi, &buffer, Int32(buffer.count), token) >= 0 else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     private func isParleyProtocol(_ wsi: OpaquePointer) -> Bool {
         guard let proto = lws_get_protocol(wsi), let name = proto.pointee.name else { return false }
         return String(cString: name) == ProtocolConstants.subprotocol
     }
 
     private func requestPath(_ wsi: OpaquePointer) -> String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        let count = lws_hdr_copy(wsi, &buffer, Int32(buffer.count), WSI_TOKEN_GET_URI)
-        guard count > 0 else { return "" }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        header(wsi, WSI_TOKEN_GET_URI) ?? ""
     }
 
     private func peerAddress(_ wsi: OpaquePointer) -> String {

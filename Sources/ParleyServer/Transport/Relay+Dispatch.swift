@@ -27,6 +27,7 @@ extension Relay {
             let wait = connection.requestBucket.take(now: RateLimiter.now())
                 ?? rateLimiter.check(frame.request, user: connection.userID, address: connection.peerAddress)
             if let wait {
+                metrics.rejected(.rateLimited)
                 send(ErrorFrame(re: frame.id, code: .rateLimited, message: "too many requests, slow down",
                                 retryAfterMs: wait), to: connection)
                 return
@@ -120,6 +121,7 @@ extension Relay {
             connection.userID = userID
             connection.username = username
             connection.sessionHash = sessionHash
+            cancelAuthDeadline(connection)
             userConnections[userID, default: []].insert(connection.id)
             sessionConnections[sessionHash, default: []].insert(connection.id)
 
