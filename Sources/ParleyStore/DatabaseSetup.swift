@@ -43,6 +43,23 @@ public final class Database {
         return try runner.run(on: PostgresConnection(connectionString: connectionString, applicationName: "parley-migrate"))
     }
 
+    /// Refuses a server that acknowledges commits before they are durable: the relay
+    /// promises that an ok means the row is committed, which `synchronous_commit = off`
+    /// breaks (a crash loses the last transactions it already confirmed).
+    public func requireDurableCommits() throws {
+        let connection = try PostgresConnection(connectionString: connectionString, applicationName: "parley-check")
+        let setting = try connection.execute("SELECT current_setting('synchronous_commit'), current_setting('fsync')")
+        guard let row = setting.first else { return }
+        let synchronousCommit = try row.string(0), fsync = try row.string(1)
+        guard synchronousCommit != "off", fsync != "off" else {
+            throw StoreError(.unsafeServerSettings, detail: """
+                PostgreSQL has synchronous_commit = \(synchronousCommit) and fsync = \(fsync): the relay acknowledges \
+                a message only once it is durable, so it refuses to run on a server that may lose committed \
+                transactions. Set both to on.
+                """)
+        }
+    }
+
     /// Stops the embedded cluster if this process started it.
     public func close() throws {
         try embedded?.stop()

@@ -20,6 +20,8 @@ public struct StoreError: Error, Sendable, CustomStringConvertible, CustomDebugS
         public static let migrationFailed = Code("migration_failed")
         /// The embedded PostgreSQL could not be set up, started or stopped.
         public static let embeddedServerFailed = Code("embedded_server_failed")
+        /// The server runs with settings that break the relay's durability promise.
+        public static let unsafeServerSettings = Code("unsafe_server_settings")
         /// The pool was closed while a caller waited for a connection.
         public static let poolClosed = Code("pool_closed")
     }

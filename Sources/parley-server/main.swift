@@ -237,6 +237,7 @@ func runServe(_ options: Options) throws {
 
     let database = try openMigratedDatabase(options)
     defer { close(database) }
+    try database.requireDurableCommits()
     let relay = Relay(configuration: options.relay, connectionString: database.connectionString)
     try relay.start()
     let scheme = options.relay.tlsCertificatePath == nil ? "ws" : "wss"
