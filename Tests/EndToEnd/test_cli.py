@@ -19,7 +19,7 @@ def cli_binary() -> str:
     explicit = os.environ.get("PARLEY_CLI_BIN")
     path = explicit or os.path.join(os.path.dirname(server_binary()), "parley")
     if not os.access(path, os.X_OK):
-        pytest.skip(f"no parley binary at {path} (build it, or set PARLEY_CLI_BIN)")
+        pytest.fail(f"no parley binary at {path} (build it, or set PARLEY_CLI_BIN)")
     return path
 
 
