@@ -17,6 +17,7 @@ let usage = """
       --data-dir DIR        data directory of the embedded cluster (PARLEY_DATA_DIR, default .parley)
       --migrations DIR      migrations folder (PARLEY_MIGRATIONS_DIR, default: ./migrations)
       --key-ttl SECONDS     channel key lifetime (PARLEY_KEY_TTL, default 3600)
+      --session-ttl SECONDS session lifetime, not sliding (PARLEY_SESSION_TTL, default 2592000 = 30 days)
       --db-workers N        database worker threads (PARLEY_DB_WORKERS, default 4)
       --max-frame-bytes N   largest client message (PARLEY_MAX_FRAME_BYTES, default 262144)
       --max-ciphertext-bytes N
@@ -92,6 +93,9 @@ struct Options {
         },
         Setting(flag: "--key-ttl", environment: "PARLEY_KEY_TTL") { options, value, name in
             options.relay.keyTTLSeconds = try positive(value, name)
+        },
+        Setting(flag: "--session-ttl", environment: "PARLEY_SESSION_TTL") { options, value, name in
+            options.relay.sessionTTLSeconds = try positive(value, name)
         },
         Setting(flag: "--db-workers", environment: "PARLEY_DB_WORKERS") { options, value, name in
             options.relay.databaseWorkers = try positive(value, name)

@@ -116,3 +116,21 @@ async def test_rate_limited_requests_are_counted(own_relay):
     limited = [r for r in replies if r["type"] == "error" and r["code"] == "rate_limited"]
     assert limited, replies
     assert (await asyncio.to_thread(rejections, relay))["rate_limited"] == len(limited)
+
+
+@pytest.mark.time_limit(120)
+async def test_session_expiry_closes_its_sockets_at_once(own_relay):
+    """Session expiry, like logout, closes that session's sockets at once (4001); the
+    token no longer authenticates; a new login works."""
+    relay = own_relay("--session-ttl", "3")
+    await asyncio.to_thread(relay.start)
+    first = await connect(relay.url)
+    user = await signup(first)
+    second = await connect(relay.url)
+    await second.ok("auth", session=user.session)
+    started = time.monotonic()
+    assert await asyncio.wait_for(first.wait_closed(), 10) == 4001
+    assert await asyncio.wait_for(second.wait_closed(), 10) == 4001
+    assert 2.0 <= time.monotonic() - started <= 8.0
+    fresh = await connect(relay.url)
+    await fresh.error("auth", "auth_failed", session=user.session)

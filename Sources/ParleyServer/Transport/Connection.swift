@@ -10,6 +10,10 @@ final class Connection {
     var userID: ID?
     var username: String?
     var sessionHash: [UInt8]?
+    /// Unix ms when the session ends; the connection is closed with 4001 then.
+    var sessionExpiresAt: Int?
+    /// Unix ms by which an unauthenticated connection must authenticate (nil: no deadline).
+    var authDeadline: Int?
 
     /// A client→server message being reassembled from fragments.
     var inbound: [UInt8] = []

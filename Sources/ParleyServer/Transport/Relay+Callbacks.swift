@@ -55,16 +55,29 @@ extension Relay {
             connectionIDs[wsi] = connection.id
             addressConnections[connection.peerAddress, default: 0] += 1
             metrics.connectionOpened()
-            if configuration.authTimeoutSeconds > 0 {
-                lws_set_timer_usecs(wsi, lws_usec_t(configuration.authTimeoutSeconds) * 1_000_000)
-            }
+            startAuthDeadline(connection)
             return 0
 
         case LWS_CALLBACK_TIMER:
-            // The authentication deadline (armed at ESTABLISHED, cancelled on authentication).
-            if let connection = connection(for: wsi), !connection.isAuthenticated, connection.pendingClose == nil {
-                metrics.rejected(.authTimeout)
-                close(connection, code: 1008, reason: "authenticate within \(configuration.authTimeoutSeconds) s")
+            // One timer per connection: before authentication it is the authentication
+            // deadline; after, it fires when the session expires (sessions do not slide).
+            // The deadlines live on the connection, so a timer that fires late, early or
+            // after a cancel (lws 4.1 runs a "cancelled" timer at once) does the right thing.
+            guard let connection = connection(for: wsi), connection.pendingClose == nil else { return 0 }
+            let now = Self.nowMillis()
+            if !connection.isAuthenticated, let deadline = connection.authDeadline {
+                if now >= deadline {
+                    metrics.rejected(.authTimeout)
+                    close(connection, code: 1008, reason: "authenticate within \(configuration.authTimeoutSeconds) s")
+                } else {
+                    arm(connection, at: deadline)
+                }
+            } else if connection.isAuthenticated, let expiry = connection.sessionExpiresAt {
+                if now >= expiry {
+                    close(connection, code: CloseCode.sessionEnded, reason: "session expired")
+                } else {
+                    arm(connection, at: expiry)
+                }
             }
             return 0
 
@@ -252,10 +265,22 @@ extension Relay {
 
     // MARK: Helpers
 
-    /// Stops the authentication deadline of a connection that has authenticated.
-    func cancelAuthDeadline(_ connection: Connection) {
-        if configuration.authTimeoutSeconds > 0 { lws_set_timer_usecs(connection.wsi, -1) }
+    /// Starts the authentication deadline (a new or a logged-out connection), if configured.
+    func startAuthDeadline(_ connection: Connection) {
+        connection.authDeadline = nil
+        guard configuration.authTimeoutSeconds > 0 else { return }
+        let deadline = Self.nowMillis() + configuration.authTimeoutSeconds * 1000
+        connection.authDeadline = deadline
+        arm(connection, at: deadline)
     }
+
+    /// Wakes the connection's timer at `deadline` (unix ms).
+    func arm(_ connection: Connection, at deadline: Int) {
+        let remaining = max(0, deadline - Self.nowMillis())
+        lws_set_timer_usecs(connection.wsi, lws_usec_t(remaining) * 1000)
+    }
+
+    static func nowMillis() -> Int { Int(Date().timeIntervalSince1970 * 1000) }
 
     /// A request header's value, or nil when absent.
     private func header(_ wsi: OpaquePointer, _ token: lws_token_indexes) -> String? {

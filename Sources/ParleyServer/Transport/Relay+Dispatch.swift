@@ -116,12 +116,15 @@ extension Relay {
 
     private func apply(_ effect: Effect, connectionID: UInt64) {
         switch effect {
-        case .authenticated(let userID, let username, let sessionHash, _):
+        case .authenticated(let userID, let username, let sessionHash, let sessionExpiresAt):
             guard let connection = connections[connectionID] else { return }
             connection.userID = userID
             connection.username = username
             connection.sessionHash = sessionHash
-            cancelAuthDeadline(connection)
+            // The authentication deadline is over; the session's expiry closes it (4001).
+            connection.authDeadline = nil
+            connection.sessionExpiresAt = sessionExpiresAt
+            arm(connection, at: sessionExpiresAt)
             userConnections[userID, default: []].insert(connection.id)
             sessionConnections[sessionHash, default: []].insert(connection.id)
 
@@ -134,6 +137,8 @@ extension Relay {
                     connection.userID = nil
                     connection.username = nil
                     connection.sessionHash = nil
+                    connection.sessionExpiresAt = nil
+                    startAuthDeadline(connection)   // unauthenticated again
                 } else {
                     close(connection, code: 4001, reason: "session ended")
                 }
