@@ -14,6 +14,7 @@ final class Metrics: @unchecked Sendable {
     private var slowConsumerCloses = 0                 // guarded by lock
     private var databaseSeconds = 0.0                  // guarded by lock
     private var databaseCalls = 0                      // guarded by lock
+    private var databaseReconnects: [String: Int] = [:]  // guarded by lock
     private var rejections: [String: Int] = [:]        // guarded by lock
 
     /// Why a connection or request was refused (`parley_rejections_total{reason}`).
@@ -40,6 +41,11 @@ final class Metrics: @unchecked Sendable {
         }
     }
     func rejected(_ reason: Rejection) { lock.withLock { rejections[reason.rawValue, default: 0] += 1 } }
+    /// A worker replaced a broken database connection (or failed to).
+    func databaseReconnect(succeeded: Bool) {
+        lock.withLock { databaseReconnects[succeeded ? "ok" : "failed", default: 0] += 1 }
+    }
+
     func databaseCall(seconds: Double) {
         lock.withLock {
             databaseSeconds += seconds
@@ -48,7 +54,14 @@ final class Metrics: @unchecked Sendable {
     }
 
     /// The exposition text.
-    func render(databaseUp: Bool) -> String {
+    /// Gauges sampled when /metrics is read: bytes queued for all connections, jobs
+    /// waiting for a database worker.
+    struct Queues {
+        var outgoingBytes: Int
+        var databaseJobs: Int
+    }
+
+    func render(databaseUp: Bool, queues: Queues) -> String {
         lock.withLock {
             var text = ""
             func family(_ name: String, _ type: String, _ help: String) {
@@ -80,6 +93,14 @@ final class Metrics: @unchecked Sendable {
             }
             family("parley_database_seconds", "summary", "Time spent in database jobs.")
             text += "parley_database_seconds_sum \(databaseSeconds)\nparley_database_seconds_count \(databaseCalls)\n"
+            family("parley_database_reconnects_total", "counter", "Worker database reconnections, by result.")
+            for result in ["failed", "ok"] {
+                text += "parley_database_reconnects_total{result=\"\(result)\"} \(databaseReconnects[result, default: 0])\n"
+            }
+            family("parley_outgoing_queue_bytes", "gauge", "Bytes queued for all connections.")
+            text += "parley_outgoing_queue_bytes \(queues.outgoingBytes)\n"
+            family("parley_database_queue_jobs", "gauge", "Jobs waiting for a database worker.")
+            text += "parley_database_queue_jobs \(queues.databaseJobs)\n"
             family("parley_database_up", "gauge", "1 when the last health check reached PostgreSQL.")
             text += "parley_database_up \(databaseUp ? 1 : 0)\n"
             return text

@@ -51,7 +51,8 @@ public final class Relay: @unchecked Sendable {
     public init(configuration: RelayConfiguration, connectionString: String) {
         self.configuration = configuration
         service = RelayService(configuration: configuration)
-        workers = DatabaseWorkers(count: configuration.databaseWorkers, connectionString: connectionString)
+        workers = DatabaseWorkers(count: configuration.databaseWorkers, connectionString: connectionString,
+                                  metrics: metrics)
         health = HealthMonitor(connectionString: connectionString)
         rateLimiter = RateLimiter(limits: configuration.rateLimits)
     }

@@ -2,6 +2,7 @@
 `unavailable`, never a crash, and service resumes by itself."""
 import asyncio
 import os
+import re
 
 import pytest
 import websockets
@@ -180,4 +181,10 @@ async def test_database_outage_gives_unavailable_and_recovers(own_relay):
             break
         await asyncio.sleep(0.1)
     assert status == 200
+    # the workers replaced their broken connections, and /metrics says so
+    _, _, metrics = await asyncio.to_thread(http_get, relay.http + "/metrics")
+    reconnected = re.search(rb'^parley_database_reconnects_total\{result="ok"\} (\d+)$', metrics, re.M)
+    assert reconnected and int(reconnected.group(1)) >= 1, metrics
+    assert re.search(rb"^parley_outgoing_queue_bytes \d+$", metrics, re.M)
+    assert re.search(rb"^parley_database_queue_jobs \d+$", metrics, re.M)
     assert relay.terminate() == 0

@@ -19,16 +19,18 @@ final class DatabaseWorkers: @unchecked Sendable {
 
     private let workers: [Worker]
     private let connectionString: String
+    private let metrics: Metrics
 
-    init(count: Int, connectionString: String) {
+    init(count: Int, connectionString: String, metrics: Metrics) {
         self.connectionString = connectionString
+        self.metrics = metrics
         workers = (0..<max(1, count)).map { _ in Worker() }
     }
 
     func start() {
         for (index, worker) in workers.enumerated() {
-            let thread = Thread { [connectionString] in
-                Self.run(worker, connectionString: connectionString)
+            let thread = Thread { [connectionString, metrics] in
+                Self.run(worker, connectionString: connectionString, metrics: metrics)
             }
             thread.name = "parley-db-\(index)"
             worker.thread = thread
@@ -60,7 +62,16 @@ final class DatabaseWorkers: @unchecked Sendable {
         }
     }
 
-    private static func run(_ worker: Worker, connectionString: String) {
+    /// Jobs waiting in every worker's queue (for /metrics).
+    var queuedJobs: Int {
+        workers.reduce(0) { total, worker in
+            worker.condition.lock()
+            defer { worker.condition.unlock() }
+            return total + worker.jobs.count
+        }
+    }
+
+    private static func run(_ worker: Worker, connectionString: String, metrics: Metrics) {
         var connection: PostgresConnection?
         while true {
             worker.condition.lock()
@@ -73,7 +84,9 @@ final class DatabaseWorkers: @unchecked Sendable {
             worker.condition.unlock()
 
             if connection == nil || connection?.isConnected == false {
+                let hadOne = connection != nil
                 connection = try? PostgresConnection(connectionString: connectionString, applicationName: "parley-relay")
+                if hadOne { metrics.databaseReconnect(succeeded: connection != nil) }
             }
             job(connection)
         }

@@ -226,7 +226,9 @@ extension Relay {
             let up = health.isDatabaseUp
             return respond(wsi, status: up ? 200 : 503, body: up ? "ok\n" : "unavailable\n", type: "text/plain")
         case "/metrics":
-            return respond(wsi, status: 200, body: metrics.render(databaseUp: health.isDatabaseUp),
+            let queues = Metrics.Queues(outgoingBytes: connections.values.reduce(0) { $0 + $1.queuedBytes },
+                                        databaseJobs: workers.queuedJobs)
+            return respond(wsi, status: 200, body: metrics.render(databaseUp: health.isDatabaseUp, queues: queues),
                            type: "text/plain; version=0.0.4")
         case ProtocolConstants.path:
             return respond(wsi, status: 426, body: "upgrade to a WebSocket with subprotocol parley.v1\n", type: "text/plain")
