@@ -73,6 +73,7 @@ final class DatabaseWorkers: @unchecked Sendable {
 
     private static func run(_ worker: Worker, connectionString: String, metrics: Metrics) {
         var connection: PostgresConnection?
+        var everConnected = false
         while true {
             worker.condition.lock()
             while worker.jobs.isEmpty && !worker.stopping { worker.condition.wait() }
@@ -84,9 +85,10 @@ final class DatabaseWorkers: @unchecked Sendable {
             worker.condition.unlock()
 
             if connection == nil || connection?.isConnected == false {
-                let hadOne = connection != nil
                 connection = try? PostgresConnection(connectionString: connectionString, applicationName: "parley-relay")
-                if hadOne { metrics.databaseReconnect(succeeded: connection != nil) }
+                // Every attempt after the first connection is a reconnect, failed or not.
+                if everConnected { metrics.databaseReconnect(succeeded: connection != nil) }
+                if connection != nil { everConnected = true }
             }
             job(connection)
         }
