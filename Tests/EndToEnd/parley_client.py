@@ -617,3 +617,14 @@ async def users(url: str, count: int) -> list[tuple[Connection, User]]:
 def events_of(events: list[dict], type_: str, channel_id: Optional[str] = None) -> list[dict]:
     return [e for e in events if e.get("type") == type_
             and (channel_id is None or e.get("channel_id") == channel_id)]
+
+
+async def channel_with_subscriber(url: str):
+    """Two new users a and b in a new channel with a key; b's connection is subscribed
+    from seq 0 (its event.synced consumed). Returns (ca, a, cb, b, ch)."""
+    (ca, a), (cb, b) = await users(url, 2)
+    ch = await create_channel(ca, a, [b])
+    await rotate_key(ca, a, ch, [a, b])
+    await cb.ok("subscribe", channels=[{"channel_id": ch.channel_id, "after": 0}])
+    assert (await cb.next_event("event.synced"))["seq"] == 0
+    return ca, a, cb, b, ch

@@ -9,6 +9,7 @@ import websockets
 
 from conftest import http_get, pg_ctl
 from parley_client import (
+    channel_with_subscriber,
     DEFAULT_TIMEOUT, auth, connect, connect_as, create_channel, decrypt_message, message_fields,
     rotate_key, users,
 )
@@ -29,11 +30,7 @@ async def _collect(conn, channel_id, into):
 async def test_kill_9_loses_nothing_acknowledged(own_relay):
     relay = own_relay()
     await asyncio.to_thread(relay.start)
-    (ca, a), (cb, b) = await users(relay.url, 2)
-    ch = await create_channel(ca, a, [b])
-    await rotate_key(ca, a, ch, [a, b])
-    await cb.ok("subscribe", channels=[{"channel_id": ch.channel_id, "after": 0}])
-    assert (await cb.next_event("event.synced"))["seq"] == 0
+    ca, a, cb, b, ch = await channel_with_subscriber(relay.url)
     received = []
     collector = asyncio.create_task(_collect(cb, ch.channel_id, received))
 

@@ -11,7 +11,8 @@ import websockets
 
 from conftest import http_get
 from parley_client import (
-    DEFAULT_TIMEOUT, auth, connect, create_channel, message_fields, rotate_key, users,
+    channel_with_subscriber,
+    DEFAULT_TIMEOUT, auth, connect, message_fields,
 )
 
 
@@ -27,11 +28,7 @@ def _healthz_answers(relay) -> bool:
 async def test_sigterm_under_load(own_relay):
     relay = own_relay()
     await asyncio.to_thread(relay.start)
-    (ca, a), (cb, b) = await users(relay.url, 2)
-    ch = await create_channel(ca, a, [b])
-    await rotate_key(ca, a, ch, [a, b])
-    await cb.ok("subscribe", channels=[{"channel_id": ch.channel_id, "after": 0}])
-    assert (await cb.next_event("event.synced"))["seq"] == 0
+    ca, a, cb, b, ch = await channel_with_subscriber(relay.url)
 
     acked: dict[str, int] = {}      # client_msg_id -> seq
     term_at = 40
