@@ -5,13 +5,18 @@ import ParleyStore
 /// answer at once from the service thread without touching the database there.
 final class HealthMonitor: @unchecked Sendable {
     private let connectionString: String
+    private let log: Log
     private let lock = NSLock()
     private var lastSuccess: Date?        // guarded by lock
     private var stopping = false          // guarded by lock
     private var thread: Thread?           // guarded by lock
 
-    init(connectionString: String) {
+    /// Whether the last check answered (health thread only): changes are logged.
+    private var wasUp: Bool?
+
+    init(connectionString: String, log: Log) {
         self.connectionString = connectionString
+        self.log = log
     }
 
     /// True when the database answered within the last three seconds.
@@ -47,9 +52,16 @@ final class HealthMonitor: @unchecked Sendable {
             let connection = try existing ?? PostgresConnection(connectionString: connectionString, applicationName: "parley-health")
             try connection.execute("SELECT 1")
             lock.withLock { lastSuccess = Date() }
+            if wasUp == false { log.info("database.up", "the database answers again") }
+            wasUp = true
             return connection
         } catch {
             lock.withLock { lastSuccess = nil }
+            if wasUp != false {
+                log.warn("database.down", "the database does not answer; requests get unavailable",
+                         ["error": .string((error as? StoreError)?.description ?? "unknown")])
+            }
+            wasUp = false
             return nil
         }
     }

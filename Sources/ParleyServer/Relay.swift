@@ -18,6 +18,7 @@ public final class Relay: @unchecked Sendable {
     let completions = CompletionQueue()
     let metrics = Metrics()
     let health: HealthMonitor
+    public let log: Log
     let nodeID = ID.random()
 
     // Service-thread state: touched only by the lws service thread.
@@ -43,17 +44,23 @@ public final class Relay: @unchecked Sendable {
     private var boundPort = 0
     private var startupError: String?
 
+    /// Where libwebsockets' own lines go: its log callback is process-wide and takes no context.
+    nonisolated(unsafe) static var lwsLog: Log?
+
     /// The port the relay listens on (useful when configured with port 0).
     public var port: Int { stateLock.withLock { boundPort } }
 
     var isStopping: Bool { stateLock.withLock { stopping } }
 
-    public init(configuration: RelayConfiguration, connectionString: String) {
+    /// `log` defaults to standard error at the configured level and format.
+    public init(configuration: RelayConfiguration, connectionString: String, log: Log? = nil) {
         self.configuration = configuration
-        service = RelayService(configuration: configuration)
+        let log = log ?? Log(level: configuration.logLevel, format: configuration.logFormat)
+        self.log = log
+        service = RelayService(configuration: configuration, log: log)
         workers = DatabaseWorkers(count: configuration.databaseWorkers, connectionString: connectionString,
-                                  metrics: metrics)
-        health = HealthMonitor(connectionString: connectionString)
+                                  metrics: metrics, log: log)
+        health = HealthMonitor(connectionString: connectionString, log: log)
         rateLimiter = RateLimiter(limits: configuration.rateLimits)
     }
 
@@ -94,10 +101,19 @@ public final class Relay: @unchecked Sendable {
 
     private func runServiceLoop(ready: DispatchSemaphore) {
         // lws's own notices are connection-level noise; its errors and warnings are not.
+        // Its lines go through the relay's log as event `lws`, so every line has one format.
+        Self.lwsLog = log
+        let emit: @convention(c) (Int32, UnsafePointer<CChar>?) -> Void = { level, line in
+            guard let line, let log = Relay.lwsLog else { return }
+            let text = String(cString: line).trimmingCharacters(in: .whitespacesAndNewlines)
+            let mapped: Log.Level = level & Int32(LLL_ERR) != 0 ? .error : level & Int32(LLL_WARN) != 0 ? .warn : .debug
+            // Its warnings and errors can be provoked by peers: throttled; debug shows all.
+            if mapped == .debug { log.debug("lws", text) } else { log.throttled(mapped, "lws", text) }
+        }
         switch configuration.logLevel {
-        case .error: lws_set_log_level(Int32(LLL_ERR), nil)
-        case .warn, .info: lws_set_log_level(Int32(LLL_ERR | LLL_WARN), nil)
-        case .debug: lws_set_log_level(Int32(LLL_ERR | LLL_WARN | LLL_NOTICE | LLL_INFO), nil)
+        case .error: lws_set_log_level(Int32(LLL_ERR), emit)
+        case .warn, .info: lws_set_log_level(Int32(LLL_ERR | LLL_WARN), emit)
+        case .debug: lws_set_log_level(Int32(LLL_ERR | LLL_WARN | LLL_NOTICE | LLL_INFO), emit)
         }
         let protocols = Self.makeProtocols()
         defer {

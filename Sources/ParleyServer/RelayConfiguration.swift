@@ -24,6 +24,8 @@ public struct RelayConfiguration: Sendable {
     public var timestampWindowSeconds = Limits.timestampWindowSeconds
     /// How much the relay and libwebsockets log (`PARLEY_LOG_LEVEL`).
     public var logLevel = LogLevel.info
+    /// `text` (logfmt) or `json`, one line per event (`PARLEY_LOG_FORMAT`).
+    public var logFormat = Log.Format.text
 
     public enum LogLevel: String, Sendable, Comparable {
         case error, warn, info, debug

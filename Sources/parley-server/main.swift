@@ -37,6 +37,7 @@ let usage = """
                             comma-separated Origins a handshake may carry, else 403; empty = any
                             (PARLEY_ALLOWED_ORIGINS, default empty)
       --log-level LEVEL     error, warn, info or debug (PARLEY_LOG_LEVEL, default info)
+      --log-format FORMAT   text (logfmt) or json, one line per event (PARLEY_LOG_FORMAT, default text)
       --tls-cert FILE       PEM certificate for wss:// (PARLEY_TLS_CERT)
       --tls-key FILE        PEM private key for wss:// (PARLEY_TLS_KEY)
 
@@ -144,6 +145,10 @@ struct Options {
             }
             options.relay.logLevel = level
         },
+        Setting(flag: "--log-format", environment: "PARLEY_LOG_FORMAT") { options, value, name in
+            guard let format = Log.Format(rawValue: value) else { throw UsageError("\(name) takes text or json") }
+            options.relay.logFormat = format
+        },
         Setting(flag: "--tls-cert", environment: "PARLEY_TLS_CERT") { options, value, _ in options.relay.tlsCertificatePath = value },
         Setting(flag: "--tls-key", environment: "PARLEY_TLS_KEY") { options, value, _ in options.relay.tlsKeyPath = value },
     ]
@@ -186,13 +191,9 @@ struct UsageError: Error {
     init(_ message: String) { self.message = message }
 }
 
-/// Startup and shutdown lines (info). They never carry secrets: none pass through here.
-nonisolated(unsafe) var logLevel = RelayConfiguration.LogLevel.info
-
-func log(_ text: String, level: RelayConfiguration.LogLevel = .info) {
-    guard level <= logLevel else { return }
-    FileHandle.standardError.write(Data("parley-server: \(text)\n".utf8))
-}
+/// The process's log, replaced once the options are read (before any other thread starts).
+/// Startup and shutdown lines never carry secrets: none pass through here.
+nonisolated(unsafe) var log = Log(level: .info)
 
 /// Opens the database (starting the embedded cluster when no URL is given) and applies
 /// the migrations. The caller closes it.
@@ -200,16 +201,21 @@ func openMigratedDatabase(_ options: Options) throws -> Database {
     let database = try Database(configuration: options.database)
     do {
         if let embedded = database.embedded {
-            log("embedded PostgreSQL in \(embedded.clusterDirectory.path)")
+            log.info("database.embedded", "embedded PostgreSQL in \(embedded.clusterDirectory.path)",
+                     ["dir": .string(embedded.clusterDirectory.path)])
         }
         let report = try database.migrate(configuration: options.database)
         if report.applied.isEmpty {
-            log("schema up to date (\(report.alreadyApplied.count) migrations applied earlier)")
+            log.info("migrations.current", "schema up to date (\(report.alreadyApplied.count) migrations applied earlier)",
+                     ["applied_earlier": .int(report.alreadyApplied.count)])
         } else {
-            log("applied migrations \(report.applied.map(String.init).joined(separator: ", "))")
+            let applied = report.applied.map(String.init).joined(separator: ",")
+            log.info("migrations.applied", "applied migrations \(applied)", ["applied": .string(applied)])
         }
         if !report.unknown.isEmpty {
-            log("the database also has migrations \(report.unknown.map(String.init).joined(separator: ", ")) from a newer relay")
+            let unknown = report.unknown.map(String.init).joined(separator: ",")
+            log.warn("migrations.unknown", "the database also has migrations \(unknown) from a newer relay",
+                     ["unknown": .string(unknown)])
         }
         return database
     } catch {
@@ -219,7 +225,11 @@ func openMigratedDatabase(_ options: Options) throws -> Database {
 }
 
 func close(_ database: Database) {
-    do { try database.close() } catch { log("stopping the embedded database failed: \(error)", level: .error) }
+    do {
+        try database.close()
+    } catch {
+        log.error("database.stop_failed", "stopping the embedded database failed", ["error": .string("\(error)")])
+    }
 }
 
 func runMigrate(_ options: Options) throws {
@@ -242,20 +252,26 @@ func runServe(_ options: Options) throws {
     let database = try openMigratedDatabase(options)
     defer { close(database) }
     try database.requireDurableCommits()
-    let relay = Relay(configuration: options.relay, connectionString: database.connectionString)
+    let relay = Relay(configuration: options.relay, connectionString: database.connectionString, log: log)
     try relay.start()
     let scheme = options.relay.tlsCertificatePath == nil ? "ws" : "wss"
-    log("relay listening on \(scheme)://\(options.relay.host):\(relay.port)/ws (health: http://\(options.relay.host):\(relay.port)/healthz)")
+    let url = "\(scheme)://\(options.relay.host):\(relay.port)/ws"
+    let health = "http://\(options.relay.host):\(relay.port)/healthz"
+    log.info("relay.listening", "relay listening on \(url) (health: \(health))",
+             ["url": .string(url), "health": .string(health), "db_workers": .int(options.relay.databaseWorkers),
+              "max_connections": .int(options.relay.maxConnections)])
 
     var received: Int32 = 0
     sigwait(&signals, &received)
-    log("signal \(received): stopping")
+    log.info("relay.stopping", "signal \(received): stopping", ["signal": .int(Int(received))])
+    let started = Date()
     relay.stop()
+    log.info("relay.stopped", "relay stopped", ["stop_ms": .int(Int(Date().timeIntervalSince(started) * 1000))])
 }
 
 do {
     let options = try Options(arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment)
-    logLevel = options.relay.logLevel
+    log = Log(level: options.relay.logLevel, format: options.relay.logFormat)
     switch options.command {
     case "migrate":
         try runMigrate(options)
@@ -267,14 +283,15 @@ do {
         throw UsageError("unknown command \(options.command)")
     }
 } catch let error as UsageError {
-    log(error.message, level: .error)
+    log.error("usage", error.message)
     FileHandle.standardError.write(Data(usage.utf8))
     exit(64)
 } catch let error as StoreError {
-    // The detail may name paths and server messages, never secrets: none pass through here.
-    log("\(error.description): \(error.detail)", level: .error)
+    // At startup the detail names paths, settings and server messages, never secrets: no
+    // request has been served yet.
+    log.error("startup.failed", "\(error.description): \(error.detail)")
     exit(1)
 } catch {
-    log("\(error)", level: .error)
+    log.error("startup.failed", "\(error)")
     exit(1)
 }

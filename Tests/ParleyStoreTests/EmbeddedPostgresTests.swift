@@ -156,7 +156,7 @@ final class EmbeddedPostgresTests: XCTestCase {
 
         let first = try runMigrate(binary, dataDirectory: folder)
         XCTAssertEqual(first.status, 0, first.stderr)
-        XCTAssertTrue(first.stderr.contains("applied migrations \(versions.map(String.init).joined(separator: ", "))\n"),
+        XCTAssertTrue(first.stderr.contains("event=migrations.applied msg=\"applied migrations \(versions.map(String.init).joined(separator: ","))\""),
                       first.stderr)
         XCTAssertTrue(first.stderr.contains(cluster.path), first.stderr)
         assertStopped(cluster, connectionString: connectionString)

@@ -10,9 +10,11 @@ import ParleyStore
 /// (`SubscriptionRegistry`); the worker side is `startSubscriptions` and `replay`.
 public final class RelayService: Sendable {
     public let configuration: RelayConfiguration
+    let log: Log
 
-    public init(configuration: RelayConfiguration) {
+    public init(configuration: RelayConfiguration, log: Log? = nil) {
         self.configuration = configuration
+        self.log = log ?? Log(level: configuration.logLevel, format: configuration.logFormat)
     }
 
     /// Runs one request (already decoded and authenticated as the contract requires) and
@@ -48,6 +50,12 @@ public final class RelayService: Sendable {
         } catch let error as ErrorFrame {
             return Outcome(error)
         } catch {
+            // A store error's description names its code and SQLSTATE only, never row values;
+            // of any other error only its type is logged.
+            let cause = (error as? StoreError)?.description ?? String(describing: type(of: error))
+            log.error("request.internal_error", "request failed inside the relay",
+                      ["type": .string(request.type.rawValue), "conn": .int(Int(context.connectionID)),
+                       "error": .string(cause)])
             return Outcome(ErrorFrame(re: id, code: .internal, message: "internal error, retry", retryAfterMs: 1000))
         }
     }

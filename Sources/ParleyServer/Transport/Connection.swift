@@ -6,6 +6,8 @@ final class Connection {
     /// The lws handle; valid until `LWS_CALLBACK_CLOSED`.
     let wsi: OpaquePointer
     let peerAddress: String
+    /// Unix ms when the handshake completed.
+    let openedAt = Relay.nowMillis()
 
     var userID: ID?
     var username: String?

@@ -20,17 +20,19 @@ final class DatabaseWorkers: @unchecked Sendable {
     private let workers: [Worker]
     private let connectionString: String
     private let metrics: Metrics
+    private let log: Log
 
-    init(count: Int, connectionString: String, metrics: Metrics) {
+    init(count: Int, connectionString: String, metrics: Metrics, log: Log) {
         self.connectionString = connectionString
         self.metrics = metrics
+        self.log = log
         workers = (0..<max(1, count)).map { _ in Worker() }
     }
 
     func start() {
         for (index, worker) in workers.enumerated() {
-            let thread = Thread { [connectionString, metrics] in
-                Self.run(worker, connectionString: connectionString, metrics: metrics)
+            let thread = Thread { [connectionString, metrics, log] in
+                Self.run(worker, index: index, connectionString: connectionString, metrics: metrics, log: log)
             }
             thread.name = "parley-db-\(index)"
             worker.thread = thread
@@ -71,9 +73,11 @@ final class DatabaseWorkers: @unchecked Sendable {
         }
     }
 
-    private static func run(_ worker: Worker, connectionString: String, metrics: Metrics) {
+    private static func run(_ worker: Worker, index: Int, connectionString: String, metrics: Metrics, log: Log) {
         var connection: PostgresConnection?
         var everConnected = false
+        // While the connection is down: since when, and how many attempts failed.
+        var outage: (since: Date, failures: Int)?
         while true {
             worker.condition.lock()
             while worker.jobs.isEmpty && !worker.stopping { worker.condition.wait() }
@@ -85,10 +89,24 @@ final class DatabaseWorkers: @unchecked Sendable {
             worker.condition.unlock()
 
             if connection == nil || connection?.isConnected == false {
+                if everConnected && outage == nil {
+                    outage = (Date(), 0)
+                    log.warn("database.disconnected", "a database worker lost its connection", ["worker": .int(index)])
+                }
                 connection = try? PostgresConnection(connectionString: connectionString, applicationName: "parley-relay")
                 // Every attempt after the first connection is a reconnect, failed or not.
                 if everConnected { metrics.databaseReconnect(succeeded: connection != nil) }
-                if connection != nil { everConnected = true }
+                if connection != nil {
+                    everConnected = true
+                    if let down = outage {
+                        log.info("database.reconnected", "a database worker has its connection back",
+                                 ["worker": .int(index), "failed_attempts": .int(down.failures),
+                                  "down_ms": .int(Int(Date().timeIntervalSince(down.since) * 1000))])
+                        outage = nil
+                    }
+                } else if outage != nil {
+                    outage!.failures += 1
+                }
             }
             job(connection)
         }

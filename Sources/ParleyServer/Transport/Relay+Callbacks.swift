@@ -29,18 +29,17 @@ extension Relay {
             // past the connection limits the handshake is refused (503, then 429).
             if !configuration.allowedOrigins.isEmpty, let origin = header(wsi, WSI_TOKEN_ORIGIN),
                !configuration.allowedOrigins.contains(origin) {
-                metrics.rejected(.origin)
-                refuseUpgrade(wsi, status: 403, reason: "Forbidden", body: "origin not allowed\n")
+                refuse(wsi, .origin, status: 403, reason: "Forbidden", body: "origin not allowed\n",
+                       origin: String(origin.prefix(200)))
                 return 1
             }
             if connections.count >= configuration.maxConnections {
-                metrics.rejected(.maxConnections)
-                refuseUpgrade(wsi, status: 503, reason: "Service Unavailable", body: "too many connections\n")
+                refuse(wsi, .maxConnections, status: 503, reason: "Service Unavailable", body: "too many connections\n")
                 return 1
             }
             if addressConnections[peerAddress(wsi), default: 0] >= configuration.maxConnectionsPerAddress {
-                metrics.rejected(.perAddress)
-                refuseUpgrade(wsi, status: 429, reason: "Too Many Requests", body: "too many connections from this address\n")
+                refuse(wsi, .perAddress, status: 429, reason: "Too Many Requests",
+                       body: "too many connections from this address\n")
                 return 1
             }
             return 0
@@ -55,6 +54,10 @@ extension Relay {
             connectionIDs[wsi] = connection.id
             addressConnections[connection.peerAddress, default: 0] += 1
             metrics.connectionOpened()
+            if log.enabled(.debug) {
+                log.debug("connection.opened", "WebSocket connection opened",
+                          ["conn": .int(Int(connection.id)), "addr": .string(connection.peerAddress)])
+            }
             startAuthDeadline(connection)
             return 0
 
@@ -184,6 +187,13 @@ extension Relay {
     /// Closes a connection with a WebSocket close code: queued frames are dropped. With
     /// `now`, the caller returns -1 from the current callback itself.
     func close(_ connection: Connection, code: UInt16, reason: String, now: Bool = false) {
+        // Policy closes are news (a slow consumer most of all); shutdown's 1001s are not.
+        if code != 1001 {
+            log.throttled(code == 4008 ? .warn : .info, "connection.closed_by_relay", "the relay closed a connection",
+                          ["conn": .int(Int(connection.id)), "addr": .string(connection.peerAddress),
+                           "user_id": .string(connection.userID?.string ?? ""), "code": .int(Int(code)),
+                           "reason": .string(reason), "queued_bytes": .int(connection.queuedBytes)])
+        }
         connection.dropQueue()
         connection.pendingClose = (code, reason)
         if now {
@@ -216,6 +226,12 @@ extension Relay {
         }
         pendingSubscribes.removeValue(forKey: connection.id)
         metrics.connectionClosed()
+        if log.enabled(.debug) {
+            log.debug("connection.closed", "WebSocket connection closed",
+                      ["conn": .int(Int(connection.id)), "addr": .string(connection.peerAddress),
+                       "user_id": .string(connection.userID?.string ?? ""),
+                       "open_ms": .int(Self.nowMillis() - connection.openedAt)])
+        }
     }
 
     // MARK: HTTP
@@ -240,6 +256,16 @@ extension Relay {
     /// Answers a refused WebSocket upgrade with a complete HTTP/1.1 response, written at
     /// once because the connection is closed right after. (lws's own status helpers answer
     /// an upgrade request as HTTP/1.0, which WebSocket clients refuse to read.)
+    /// Refuses a handshake past a hardening check: counted, logged (throttled), answered.
+    private func refuse(_ wsi: OpaquePointer, _ rejection: Metrics.Rejection, status: Int, reason: String,
+                        body: String, origin: String? = nil) {
+        metrics.rejected(rejection)
+        log.throttled(.warn, "connection.refused", "a WebSocket handshake was refused",
+                      ["reason": .string(rejection.rawValue), "addr": .string(peerAddress(wsi)), "status": .int(status),
+                       "origin": .string(origin ?? "")])
+        refuseUpgrade(wsi, status: status, reason: reason, body: body)
+    }
+
     private func refuseUpgrade(_ wsi: OpaquePointer, status: Int, reason: String, body: String) {
         let response = "HTTP/1.1 \(status) \(reason)\r\ncontent-type: text/plain\r\n"
             + "content-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n" + body

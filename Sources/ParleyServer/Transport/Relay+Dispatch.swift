@@ -28,6 +28,9 @@ extension Relay {
                 ?? rateLimiter.check(frame.request, user: connection.userID, address: connection.peerAddress)
             if let wait {
                 metrics.rejected(.rateLimited)
+                log.throttled(.debug, "request.rate_limited", "a request was refused by a rate limit",
+                              ["conn": .int(Int(connection.id)), "addr": .string(connection.peerAddress),
+                               "type": .string(frame.request.type.rawValue), "retry_after_ms": .int(wait)])
                 send(ErrorFrame(re: frame.id, code: .rateLimited, message: "too many requests, slow down",
                                 retryAfterMs: wait), to: connection)
                 return
@@ -101,7 +104,14 @@ extension Relay {
             switch completion {
             case .outcome(let connectionID, let outcome):
                 if let connection = connections[connectionID] {
-                    if let code = outcome.errorCode { metrics.error(code) }
+                    if let code = outcome.errorCode {
+                        metrics.error(code)
+                        if code == .authFailed || code == .challengeFailed {
+                            log.throttled(.info, "auth.failed", "a login or authentication was refused",
+                                          ["conn": .int(Int(connectionID)), "addr": .string(connection.peerAddress),
+                                           "code": .string(code.rawValue)])
+                        }
+                    }
                     metrics.frameOut(outcome.errorCode == nil ? "result" : "error")
                     enqueue(FrameBuffer(outcome.reply), to: connection, live: false)
                 }
@@ -127,6 +137,10 @@ extension Relay {
             arm(connection, at: sessionExpiresAt)
             userConnections[userID, default: []].insert(connection.id)
             sessionConnections[sessionHash, default: []].insert(connection.id)
+            if log.enabled(.debug) {
+                log.debug("auth.ok", "a connection authenticated",
+                          ["conn": .int(Int(connection.id)), "user_id": .string(userID.string)])
+            }
 
         case .loggedOut(let sessionHash):
             for id in sessionConnections.removeValue(forKey: sessionHash) ?? [] {
