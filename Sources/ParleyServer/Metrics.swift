@@ -16,6 +16,8 @@ final class Metrics: @unchecked Sendable {
     private var databaseCalls = 0                      // guarded by lock
     private var databaseReconnects: [String: Int] = [:]  // guarded by lock
     private var rejections: [String: Int] = [:]        // guarded by lock
+    private var sendBatches = 0                        // guarded by lock
+    private var sendsBatched = 0                       // guarded by lock
 
     /// Why a connection or request was refused (`parley_rejections_total{reason}`).
     enum Rejection: String, CaseIterable {
@@ -44,6 +46,14 @@ final class Metrics: @unchecked Sendable {
     /// A worker replaced a broken database connection (or failed to).
     func databaseReconnect(succeeded: Bool) {
         lock.withLock { databaseReconnects[succeeded ? "ok" : "failed", default: 0] += 1 }
+    }
+
+    /// One group commit of `size` message sends.
+    func sendBatch(size: Int) {
+        lock.withLock {
+            sendBatches += 1
+            sendsBatched += size
+        }
     }
 
     func databaseCall(seconds: Double) {
@@ -93,6 +103,10 @@ final class Metrics: @unchecked Sendable {
             }
             family("parley_database_seconds", "summary", "Time spent in database jobs.")
             text += "parley_database_seconds_sum \(databaseSeconds)\nparley_database_seconds_count \(databaseCalls)\n"
+            family("parley_message_batches_total", "counter", "Group commits of message sends.")
+            text += "parley_message_batches_total \(sendBatches)\n"
+            family("parley_message_batch_sends_total", "counter", "Message sends stored through group commits.")
+            text += "parley_message_batch_sends_total \(sendsBatched)\n"
             family("parley_database_reconnects_total", "counter", "Worker database reconnections, by result.")
             for result in ["failed", "ok"] {
                 text += "parley_database_reconnects_total{result=\"\(result)\"} \(databaseReconnects[result, default: 0])\n"

@@ -57,9 +57,11 @@ public final class Relay: @unchecked Sendable {
         self.configuration = configuration
         let log = log ?? Log(level: configuration.logLevel, format: configuration.logFormat)
         self.log = log
-        service = RelayService(configuration: configuration, log: log)
+        let service = RelayService(configuration: configuration, log: log)
+        self.service = service
         workers = DatabaseWorkers(count: configuration.databaseWorkers, connectionString: connectionString,
-                                  metrics: metrics, log: log)
+                                  metrics: metrics, log: log,
+                                  storeSends: Self.storeSends(service: service, metrics: metrics, completions: completions))
         health = HealthMonitor(connectionString: connectionString, log: log)
         rateLimiter = RateLimiter(limits: configuration.rateLimits)
     }

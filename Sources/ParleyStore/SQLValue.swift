@@ -41,6 +41,32 @@ public enum SQLValue: Sendable, Hashable {
         array(values.map { $0.uuidString.lowercased() })
     }
 
+    /// A PostgreSQL array literal of integers (cast the parameter `::bigint[]`).
+    public static func integerArray(_ values: [Int]) -> SQLValue {
+        .text("{" + values.map(String.init).joined(separator: ",") + "}")
+    }
+
+    /// A bytea[] in PostgreSQL's binary array format (cast the parameter `::bytea[]`): each
+    /// element travels as it is — no hex, no escaping — which matters for 64 KiB ciphertexts.
+    public static func byteaArray(_ elements: [[UInt8]]) -> SQLValue {
+        var out: [UInt8] = []
+        out.reserveCapacity(20 + elements.reduce(0) { $0 + 4 + $1.count })
+        func int32(_ value: Int) { withUnsafeBytes(of: Int32(value).bigEndian) { out.append(contentsOf: $0) } }
+        let byteaOID = 17
+        int32(elements.isEmpty ? 0 : 1)     // dimensions
+        int32(0)                            // no NULL elements
+        int32(byteaOID)
+        if !elements.isEmpty {
+            int32(elements.count)           // length of the one dimension
+            int32(1)                        // its lower bound
+        }
+        for element in elements {
+            int32(element.count)
+            out.append(contentsOf: element)
+        }
+        return .bytes(out)
+    }
+
     /// The wire form libpq takes: the bytes (text formats NUL-terminated) and the format flag.
     /// Text with a NUL inside is refused: libpq would cut it there, so `"alice\0x"` would
     /// silently become `"alice"` (PostgreSQL text cannot hold NUL anyway).

@@ -1,64 +1,150 @@
+import Foundation
 import ParleyProtocol
 import ParleyStore
 
 // `message` (send) and `messages` (history). Runs on a database worker thread, on the
-// handler's connection; every value is a bind parameter.
+// worker's connection; every value is a bind parameter.
 //
-// Order of the checks of `message` (§7, §10), each answered before the next is looked at:
+// Sends are stored in batches (group commit): the `message` requests waiting on one worker
+// go to PostgreSQL as one call of `parley_send_messages` (migrations/0003) — one statement,
+// one transaction, one WAL flush — and none is answered before that statement committed.
+// For each send, in order, under the channel's row lock, the function checks (§7, §10):
 //   1. not_member     — the requester is a current member (existence does not leak);
 //   2. duplicate      — (sender, client_msg_id) already stored: the first result with
 //                       `duplicate: true` on this channel, `bad_request` on another one,
 //                       whatever the retry carries (so a retry never meets checks 3–6);
-//   3. too_large      — the size needs nothing but the frame, so it is refused before any
-//                       lock is taken;
+//   3. too_large      — the ciphertext is longer than the relay's maximum;
 //   4. key_expired    — `key_id` is the channel's newest key and `now < expires_at`;
-//   5. bad_timestamp  — `ts` within ±window of the server clock at receipt, inclusive;
-//   6. bad_request    — a repeated (`key_id`, `iv`), found by the `messages_iv_once`
-//                       constraint when the row is inserted (it can only be known then).
+//   5. bad_timestamp  — `ts` within ±window of the server clock when the batch started;
+//   6. bad_request    — a repeated (`key_id`, `iv`).
 // This is the order the contract lists them in §7 (key, ts, iv, size) except for the size,
-// which is checked first of the four because it costs nothing and would otherwise make a
-// refused 64 KiB+ request take the channel lock. Checks 4–6 run inside the inserting
-// transaction under the channel's row lock, so a rotation or a membership change that
-// commits first is seen, and a concurrent identical retry that committed while this one
-// waited for the lock is answered as a duplicate.
+// which comes before the key because it needs nothing but the frame. A rotation or a
+// membership change that commits before the batch takes the channel's lock is seen.
+
+/// A `message` request on its way to a batch.
+public struct MessageSend: Sendable {
+    public var id: String
+    public var context: RequestContext
+    public var request: Request.Message
+
+    public init(id: String, context: RequestContext, request: Request.Message) {
+        self.id = id
+        self.context = context
+        self.request = request
+    }
+}
+
+extension RelayService {
+    static let sendMessagesQuery = PreparedStatement("send_messages", """
+        SELECT ord, outcome, seq, received_ms, first_channel, current_key
+        FROM parley_send_messages($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bytea[], $6::bytea[],
+                                  $7::bigint[], $8::bigint, $9::bigint, $10::integer)
+        """)
+
+    /// Stores a batch of sends in one transaction and answers each, in order. A batch the
+    /// database refuses as a whole (never expected) is retried one send at a time, so one
+    /// bad send cannot sink the others; an outage answers every send `unavailable`.
+    public func send(_ batch: [MessageSend], on db: PostgresConnection) -> [Outcome] {
+        let handlers = batch.map { Handler(re: $0.id, context: $0.context, db: db, configuration: configuration) }
+        // The decoder guarantees these (frame shape); a request built in code is held to them too.
+        var outcomes = [Outcome?](repeating: nil, count: batch.count)
+        var pending: [Int] = []
+        for (index, send) in batch.enumerated() {
+            let handler = handlers[index]
+            if send.context.userID == nil {
+                outcomes[index] = handler.fail(.unauthenticated, "authenticate first")
+            } else if send.request.iv.count != Limits.ivBytes {
+                outcomes[index] = handler.fail(.badRequest, "iv: must be \(Limits.ivBytes) bytes")
+            } else if send.request.ciphertext.count < Limits.minCiphertextBytes {
+                outcomes[index] = handler.fail(.badRequest, "ciphertext: must be at least \(Limits.minCiphertextBytes) bytes")
+            } else {
+                pending.append(index)
+            }
+        }
+        guard !pending.isEmpty else { return outcomes.map { $0! } }
+        let requests = pending.map { batch[$0].request }
+        let senders = pending.map { batch[$0].context.userID! }
+        do {
+            let rows = try db.execute(Self.sendMessagesQuery, [
+                .array(requests.map(\.channelID.string)), .array(senders.map(\.string)),
+                .array(requests.map(\.clientMsgID.string)), .array(requests.map(\.keyID.string)),
+                .byteaArray(requests.map(\.iv)), .byteaArray(requests.map(\.ciphertext)),
+                .integerArray(requests.map(\.ts)), .int(Int(Date().timeIntervalSince1970)),
+                .int(configuration.timestampWindowSeconds), .int(configuration.maxCiphertextBytes),
+            ]).rows
+            guard rows.count == pending.count else {
+                throw StoreError(.decodingFailed, detail: "parley_send_messages answered \(rows.count) of \(pending.count) sends")
+            }
+            for (position, row) in rows.enumerated() {
+                let index = pending[position]
+                guard try row.int(0) == position + 1 else {
+                    throw StoreError(.decodingFailed, detail: "parley_send_messages answered out of order")
+                }
+                outcomes[index] = try handlers[index].sendOutcome(row, request: batch[index].request,
+                                                                  sender: senders[position])
+            }
+        } catch let failure as StoreError where failure.isTransient {
+            for index in pending {
+                outcomes[index] = Outcome(ErrorFrame(re: batch[index].id, code: .unavailable,
+                                                     message: "database unavailable, retry", retryAfterMs: 1000))
+            }
+        } catch {
+            if pending.count > 1 {
+                for index in pending { outcomes[index] = send([batch[index]], on: db)[0] }
+            } else {
+                let index = pending[0]
+                outcomes[index] = internalError(error, request: .message(batch[index].request), id: batch[index].id,
+                                                context: batch[index].context)
+            }
+        }
+        return outcomes.map { $0! }
+    }
+}
+
 extension Handler {
     static let firstSendQuery = PreparedStatement("message_first_send", """
         SELECT channel_id, seq, (extract(epoch FROM received_at) * 1000)::bigint
         FROM messages WHERE sender_id = $1 AND client_msg_id = $2
         """)
 
-    /// Takes the channel's row lock; seq assignment and the insert happen under it.
-    static let lockChannelQuery = PreparedStatement("message_lock_channel", """
-        SELECT last_seq FROM channels WHERE id = $1 FOR UPDATE
-        """)
-
-    /// Read after the lock, as its own statement: under READ COMMITTED it then sees every
-    /// transaction that held the lock before this one (its key, its membership change, its
-    /// message), which a join inside the locking statement would not for other tables.
-    static let sendStateQuery = PreparedStatement("message_send_state", """
-        SELECT c.current_key_id,
-               COALESCE(k.expires_at > clock_timestamp(), false),
-               EXISTS (SELECT 1 FROM channel_members m WHERE m.channel_id = c.id AND m.user_id = $2),
-               d.channel_id, d.seq, (extract(epoch FROM d.received_at) * 1000)::bigint
-        FROM channels c
-        LEFT JOIN channel_keys k ON k.id = c.current_key_id
-        LEFT JOIN messages d ON d.sender_id = $2 AND d.client_msg_id = $3
-        WHERE c.id = $1
-        """)
-
-    /// Assigns seq = last_seq + 1 and inserts, in one round trip (the lock is already held).
-    static let appendQuery = PreparedStatement("message_append", """
-        WITH next AS (UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1::uuid RETURNING last_seq)
-        INSERT INTO messages (channel_id, seq, sender_id, client_msg_id, key_id, iv, ciphertext, ts)
-        SELECT $1::uuid, next.last_seq, $2::uuid, $3::uuid, $4::uuid, $5::bytea, $6::bytea, $7::bigint FROM next
-        RETURNING seq, (extract(epoch FROM received_at) * 1000)::bigint
-        """)
-
-    /// What a send came to inside its transaction.
-    private enum SendResult {
-        case stored(seq: Int, receivedAt: Int)
-        /// An identical retry committed while this one waited for the channel lock.
-        case duplicate(FirstSend)
+    /// The reply to one send from its row of `parley_send_messages`; the batch has committed.
+    fileprivate func sendOutcome(_ row: Row, request: Request.Message, sender: ID) throws -> Outcome {
+        switch try row.string(1) {
+        case "stored":
+            let seq = try row.int(2), receivedAt = try row.int(3)
+            let record = MessageRecord(
+                channelID: request.channelID, seq: seq, senderID: sender, keyID: request.keyID,
+                iv: request.iv, ciphertext: request.ciphertext, ts: request.ts, receivedAt: receivedAt)
+            return ok(.message(Response.Message(channelID: request.channelID, seq: seq, receivedAt: receivedAt,
+                                                duplicate: false)),
+                      effects: [.message(record)])
+        case "duplicate":
+            return duplicateReply(FirstSend(channelID: try row.id(4), seq: try row.int(2), receivedAt: try row.int(3)),
+                                  request)
+        case "not_member":
+            return fail(.notMember, "not a member of this channel")
+        case "too_large":
+            return fail(.tooLarge, "ciphertext is longer than \(configuration.maxCiphertextBytes) bytes")
+        case "key_expired":
+            let currentKeyID = try row.optionalID(5)
+            var frame = error(.keyExpired, currentKeyID == nil
+                              ? "the channel has no key yet: rotate"
+                              : "key_id is not the channel's current unexpired key")
+            frame.currentKeyID = currentKeyID
+            return Outcome(frame)
+        case "bad_timestamp":
+            return fail(.badTimestamp, "ts is more than \(configuration.timestampWindowSeconds) s from the server clock")
+        case "iv_reused":
+            return fail(.badRequest, "iv: already used with this key_id")
+        case "conflict":
+            // A send of the same client_msg_id on another channel committed meanwhile.
+            if let first = try firstSend(sender: sender, clientMsgID: request.clientMsgID) {
+                return duplicateReply(first, request)
+            }
+            throw StoreError(.queryFailed, detail: "a send met a conflicting row that is not there")
+        case let other:
+            throw StoreError(.decodingFailed, detail: "parley_send_messages answered \(other)")
+        }
     }
 
     /// The stored result of the first send of a (sender, client_msg_id).
@@ -68,102 +154,15 @@ extension Handler {
         var receivedAt: Int
     }
 
-    func message(_ request: Request.Message) throws -> Outcome {
-        // The ts window is measured on receipt, not after waiting for a lock.
-        let receivedAtSeconds = nowSeconds
-        // The decoder guarantees these (frame shape); a request built in code is held to them too.
-        guard request.iv.count == Limits.ivBytes else { throw error(.badRequest, "iv: must be \(Limits.ivBytes) bytes") }
-        guard request.ciphertext.count >= Limits.minCiphertextBytes else {
-            throw error(.badRequest, "ciphertext: must be at least \(Limits.minCiphertextBytes) bytes")
-        }
-        let sender = try userID
-        _ = try requireMember(request.channelID)
-
-        if let first = try firstSend(sender: sender, clientMsgID: request.clientMsgID) {
-            return try duplicateReply(first, request)
-        }
-        guard request.ciphertext.count <= configuration.maxCiphertextBytes else {
-            throw error(.tooLarge, "ciphertext is longer than \(configuration.maxCiphertextBytes) bytes")
-        }
-
-        let result: SendResult
-        do {
-            result = try db.transaction {
-                try append(request, sender: sender, receivedAtSeconds: receivedAtSeconds)
-            }
-        } catch let failure as StoreError where failure.isUniqueViolation {
-            // Rolled back. A concurrent send of the same client_msg_id (on another channel,
-            // or one that got past the check above) committed first: answer as its retry.
-            if let first = try firstSend(sender: sender, clientMsgID: request.clientMsgID) {
-                return try duplicateReply(first, request)
-            }
-            if failure.constraint == "messages_iv_once" {
-                throw error(.badRequest, "iv: already used with this key_id")
-            }
-            throw failure
-        }
-
-        switch result {
-        case .duplicate(let first):
-            return try duplicateReply(first, request)
-        case .stored(let seq, let receivedAt):
-            // The transaction has committed: the row is durable before anyone hears of it.
-            let record = MessageRecord(
-                channelID: request.channelID, seq: seq, senderID: sender, keyID: request.keyID,
-                iv: request.iv, ciphertext: request.ciphertext, ts: request.ts, receivedAt: receivedAt)
-            return ok(.message(Response.Message(channelID: request.channelID, seq: seq, receivedAt: receivedAt,
-                                                duplicate: false)),
-                      effects: [.message(record)])
-        }
-    }
-
-    /// Checks 4–6 and the insert; runs inside the transaction, under the channel's lock.
-    private func append(_ request: Request.Message, sender: ID, receivedAtSeconds: Int) throws -> SendResult {
-        guard try db.execute(Self.lockChannelQuery, [.id(request.channelID)]).first != nil else {
-            throw error(.notMember, "not a member of this channel")
-        }
-        guard let state = try db.execute(Self.sendStateQuery,
-                                         [.id(request.channelID), .id(sender), .id(request.clientMsgID)]).first else {
-            throw error(.notMember, "not a member of this channel")
-        }
-        // Removed while this request waited for the lock.
-        guard try state.bool(2) else { throw error(.notMember, "not a member of this channel") }
-        if let firstChannel = try state.optionalID(3) {
-            return .duplicate(FirstSend(channelID: firstChannel, seq: try state.int(4), receivedAt: try state.int(5)))
-        }
-
-        let currentKeyID = try state.optionalID(0)
-        let keyUnexpired = try state.bool(1)
-        guard currentKeyID == request.keyID, keyUnexpired else {
-            var frame = error(.keyExpired, currentKeyID == nil
-                              ? "the channel has no key yet: rotate"
-                              : "key_id is not the channel's current unexpired key")
-            frame.currentKeyID = currentKeyID
-            throw frame
-        }
-        let window = configuration.timestampWindowSeconds
-        guard abs(request.ts - receivedAtSeconds) <= window else {
-            throw error(.badTimestamp, "ts is more than \(window) s from the server clock")
-        }
-
-        guard let row = try db.execute(Self.appendQuery, [
-            .id(request.channelID), .id(sender), .id(request.clientMsgID), .id(request.keyID),
-            .bytes(request.iv), .bytes(request.ciphertext), .int(request.ts),
-        ]).first else {
-            throw StoreError(.queryFailed, detail: "the channel row vanished under its lock")
-        }
-        return .stored(seq: try row.int(0), receivedAt: try row.int(1))
-    }
-
     private func firstSend(sender: ID, clientMsgID: ID) throws -> FirstSend? {
         guard let row = try db.execute(Self.firstSendQuery, [.id(sender), .id(clientMsgID)]).first else { return nil }
         return FirstSend(channelID: try row.id(0), seq: try row.int(1), receivedAt: try row.int(2))
     }
 
     /// The first result again, or `bad_request` when the id was used on another channel.
-    private func duplicateReply(_ first: FirstSend, _ request: Request.Message) throws -> Outcome {
+    private func duplicateReply(_ first: FirstSend, _ request: Request.Message) -> Outcome {
         guard first.channelID == request.channelID else {
-            throw error(.badRequest, "client_msg_id: already used on another channel")
+            return fail(.badRequest, "client_msg_id: already used on another channel")
         }
         return ok(.message(Response.Message(channelID: first.channelID, seq: first.seq, receivedAt: first.receivedAt,
                                             duplicate: true)))

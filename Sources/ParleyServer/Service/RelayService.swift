@@ -38,7 +38,8 @@ public final class RelayService: Sendable {
             case .channelRemove(let change): return try handler.channelChange(change, adding: false)
             case .key(let key): return try handler.key(key)
             case .keys(let keys): return try handler.keys(keys)
-            case .message(let message): return try handler.message(message)
+            case .message(let message):
+                return send([MessageSend(id: id, context: context, request: message)], on: db)[0]
             case .messages(let messages): return try handler.messages(messages)
             case .subscribe, .unsubscribe, .ping:
                 // Answered by the service thread (SubscriptionRegistry, clock).
@@ -50,14 +51,18 @@ public final class RelayService: Sendable {
         } catch let error as ErrorFrame {
             return Outcome(error)
         } catch {
-            // A store error's description names its code and SQLSTATE only, never row values;
-            // of any other error only its type is logged.
-            let cause = (error as? StoreError)?.description ?? String(describing: type(of: error))
-            log.error("request.internal_error", "request failed inside the relay",
-                      ["type": .string(request.type.rawValue), "conn": .int(Int(context.connectionID)),
-                       "error": .string(cause)])
-            return Outcome(ErrorFrame(re: id, code: .internal, message: "internal error, retry", retryAfterMs: 1000))
+            return internalError(error, request: request, id: id, context: context)
         }
+    }
+
+    /// `internal`, logged. A store error's description names its code and SQLSTATE only,
+    /// never row values; of any other error only its type is logged.
+    func internalError(_ error: any Error, request: Request, id: String, context: RequestContext) -> Outcome {
+        let cause = (error as? StoreError)?.description ?? String(describing: type(of: error))
+        log.error("request.internal_error", "request failed inside the relay",
+                  ["type": .string(request.type.rawValue), "conn": .int(Int(context.connectionID)),
+                   "error": .string(cause)])
+        return Outcome(ErrorFrame(re: id, code: .internal, message: "internal error, retry", retryAfterMs: 1000))
     }
 }
 

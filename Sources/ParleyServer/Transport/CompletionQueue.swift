@@ -28,6 +28,12 @@ final class CompletionQueue: @unchecked Sendable {
         if let context { lws_cancel_service(context) }
     }
 
+    /// Several completions with one wake-up.
+    func push(contentsOf batch: [Completion]) {
+        lock.withLock { items.append(contentsOf: batch) }
+        if let context { lws_cancel_service(context) }
+    }
+
     /// Takes everything queued so far (service thread).
     func drain() -> [Completion] {
         lock.withLock {

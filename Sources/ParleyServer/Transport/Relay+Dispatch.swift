@@ -64,6 +64,10 @@ extension Relay {
     /// channel's worker, so its commits come back in seq order; the rest go by connection.
     private func submit(_ frame: RequestFrame, from connection: Connection) {
         let context = context(of: connection)
+        if case .message(let request) = frame.request {
+            workers.submit(MessageSend(id: frame.id, context: context, request: request))
+            return
+        }
         let service = self.service
         let completions = self.completions
         let metrics = self.metrics
@@ -83,6 +87,19 @@ extension Relay {
             workers.submit(key: channel, job)
         } else {
             workers.submit(key: connection.id, job)
+        }
+    }
+
+    /// How a worker stores a batch of sends: one transaction, then every reply at once.
+    static func storeSends(service: RelayService, metrics: Metrics,
+                           completions: CompletionQueue) -> DatabaseWorkers.SendBatch {
+        { sends, database in
+            let started = Date()
+            let outcomes = database.map { service.send(sends, on: $0) } ?? sends.map {
+                Outcome(ErrorFrame(re: $0.id, code: .unavailable, message: "database unavailable, retry", retryAfterMs: 1000))
+            }
+            metrics.databaseCall(seconds: Date().timeIntervalSince(started))
+            completions.push(contentsOf: zip(sends, outcomes).map { .outcome(connection: $0.context.connectionID, $1) })
         }
     }
 
