@@ -195,7 +195,12 @@ public final class Relay: @unchecked Sendable {
             relayCallback(wsi, reason, user, input, length)
         }
         protocols[1].per_session_data_size = MemoryLayout<UInt64>.size
-        protocols[1].rx_buffer_size = 65_536
+        // lws gives every connection an rx buffer of this size: kept small so an idle
+        // connection costs little (a large frame just arrives in more pieces, which
+        // `receive` reassembles). tx_packet_size lets one send() take a whole frame —
+        // up to a 1 MiB history page — instead of rx_buffer_size bytes.
+        protocols[1].rx_buffer_size = 1024
+        protocols[1].tx_packet_size = (1 << 20) + 65_536
         return protocols
     }
 }

@@ -236,6 +236,20 @@ func runMigrate(_ options: Options) throws {
     close(try openMigratedDatabase(options))
 }
 
+/// Lifts the soft open-file limit to the hard one (each connection is a descriptor; lws
+/// sizes its tables from this limit when the context is made). Returns the limit in force.
+func raiseOpenFileLimit() -> Int {
+    var limit = rlimit()
+    let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+    guard getrlimit(resource, &limit) == 0 else { return 0 }
+    if limit.rlim_cur < limit.rlim_max {
+        var raised = limit
+        raised.rlim_cur = limit.rlim_max
+        if setrlimit(resource, &raised) == 0 { limit = raised }
+    }
+    return Int(clamping: limit.rlim_cur)
+}
+
 func runServe(_ options: Options) throws {
     guard (options.relay.tlsCertificatePath == nil) == (options.relay.tlsKeyPath == nil) else {
         throw UsageError("--tls-cert and --tls-key go together")
@@ -249,6 +263,11 @@ func runServe(_ options: Options) throws {
     pthread_sigmask(SIG_BLOCK, &signals, nil)
     signal(SIGPIPE, SIG_IGN)
 
+    let files = raiseOpenFileLimit()
+    if files < options.relay.maxConnections + 64 {
+        log.warn("relay.file_limit", "the open-file limit is below --max-connections: raise `ulimit -n`",
+                 ["open_files": .int(files), "max_connections": .int(options.relay.maxConnections)])
+    }
     let database = try openMigratedDatabase(options)
     defer { close(database) }
     try database.requireDurableCommits()
@@ -259,7 +278,7 @@ func runServe(_ options: Options) throws {
     let health = "http://\(options.relay.host):\(relay.port)/healthz"
     log.info("relay.listening", "relay listening on \(url) (health: \(health))",
              ["url": .string(url), "health": .string(health), "db_workers": .int(options.relay.databaseWorkers),
-              "max_connections": .int(options.relay.maxConnections)])
+              "max_connections": .int(options.relay.maxConnections), "open_files": .int(files)])
 
     var received: Int32 = 0
     sigwait(&signals, &received)
