@@ -152,14 +152,23 @@ extension Relay {
             lws_close_reason(connection.wsi, lws_close_status(rawValue: UInt32(close.code)), &reason, reason.count)
             return -1
         }
-        if let frame = connection.dequeue() {
+        // Several frames per callback while the kernel takes them whole (lws buffers the
+        // rest of a partial write; then no more until the next writable callback), bounded
+        // so one busy connection cannot starve the others.
+        var budget = Self.writeBudgetBytes
+        while budget > 0, let frame = connection.dequeue() {
             let written = lws_write(connection.wsi, frame.payload, frame.count, LWS_WRITE_TEXT)
             if written < Int32(frame.count) { return -1 }
+            budget -= frame.count
+            if lws_partial_buffered(connection.wsi) != 0 { break }
         }
         requestReplayPages(for: connection)
         if connection.hasQueuedFrames { lws_callback_on_writable(connection.wsi) }
         return 0
     }
+
+    /// Bytes one writable callback may write to one connection.
+    static let writeBudgetBytes = 256 * 1024
 
     /// Queues a frame and asks lws for a writable callback.
     func enqueue(_ frame: FrameBuffer, to connection: Connection, live: Bool) {
