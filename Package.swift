@@ -12,6 +12,10 @@ let package = Package(
         .executable(name: "parley-bench", targets: ["parley-bench"]),
         .library(name: "ParleyClient", targets: ["ParleyClient"]),
     ],
+    dependencies: [
+        // parley-bench only: HDR latency histograms.
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
     targets: [
         // C at the edge: a module map and a shim header each.
         .systemLibrary(
@@ -47,7 +51,13 @@ let package = Package(
         .executableTarget(name: "parley-server", dependencies: ["ParleyServer", "ParleyStore"]),
         .executableTarget(name: "parley-bot", dependencies: ["ParleyClient"]),
         .executableTarget(name: "parley", dependencies: ["ParleyClient"]),
-        .executableTarget(name: "parley-bench", dependencies: ["ParleyClient"]),
+        .executableTarget(
+            name: "parley-bench",
+            dependencies: [
+                "CLibWebSockets", "ParleyClient", "ParleyProtocol", "ParleyCrypto", "ParleyEncoding",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         .executableTarget(name: "parley-example-bot", dependencies: ["ParleyClient"], path: "Examples/EchoBot"),
 
         // Shared by the test targets: the embedded test database and its helpers.

@@ -13,4 +13,8 @@ static inline uint64_t parley_lws_server_options(int tls) {
     return options;
 }
 
+// libuv as the event loop (epoll, not a poll() over every socket at each wake-up); the
+// evlib plugin comes with Debian's libwebsockets-dev.
+static inline uint64_t parley_lws_option_libuv(void) { return LWS_SERVER_OPTION_LIBUV; }
+
 #endif
