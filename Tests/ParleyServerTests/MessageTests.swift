@@ -649,6 +649,26 @@ final class MessageTests: XCTestCase {
         XCTAssertEqual(try fixture.service.replay(channelID: channel, after: 25, through: 25, limit: 7, on: fixture.db).get(), [])
     }
 
+    func testReplayPagesStopAtTheirByteBudget() throws {
+        let fixture = try MessageFixture()
+        let alice = try fixture.makeUser()
+        let (channel, maybeKey) = try fixture.makeChannel(owner: alice)
+        let key = try XCTUnwrap(maybeKey)
+        for _ in 1...10 {
+            _ = try messageResult(fixture.send(makeMessageRequest(channel: channel, key: key, ciphertextBytes: 60_000),
+                                               as: alice))
+        }
+        // 60,000-byte messages, 130,000 bytes a page: the third starts after 120,000 < 130,000.
+        let page = try fixture.service.replay(channelID: channel, after: 0, through: 10, limit: 200,
+                                              byteBudget: 130_000, on: fixture.db).get()
+        XCTAssertEqual(page.map(\.seq), [1, 2, 3])
+        // A message larger than the whole budget still comes, alone: paging makes progress.
+        let single = try fixture.service.replay(channelID: channel, after: 3, through: 10, limit: 200,
+                                                byteBudget: 1_000, on: fixture.db).get()
+        XCTAssertEqual(single.map(\.seq), [4])
+        XCTAssertEqual(single.first?.ciphertext.count, 60_000)
+    }
+
     /// Sleeps to just after the next second boundary and returns that second.
     private func waitForFreshSecond() -> Int {
         let time = Date().timeIntervalSince1970

@@ -50,10 +50,18 @@ extension RelayService {
         WHERE c.id = ANY ($1::uuid[])
         """)
 
+    /// At most `$4` rows, and no more rows once `$5` bytes of ciphertext came before (the
+    /// first row always comes): a page of 64 KiB messages stays a few hundred KiB.
     static let replayQuery = PreparedStatement("subscribe_replay", """
-        SELECT seq, sender_id, key_id, iv, ciphertext, ts, (extract(epoch FROM received_at) * 1000)::bigint
-        FROM messages WHERE channel_id = $1 AND seq > $2 AND seq <= $3
-        ORDER BY seq LIMIT $4
+        SELECT seq, sender_id, key_id, iv, ciphertext, ts, received_ms
+        FROM (SELECT seq, sender_id, key_id, iv, ciphertext, ts,
+                     (extract(epoch FROM received_at) * 1000)::bigint AS received_ms,
+                     sum(octet_length(ciphertext)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING)
+                         - octet_length(ciphertext) AS before
+              FROM messages WHERE channel_id = $1 AND seq > $2 AND seq <= $3
+              ORDER BY seq LIMIT $4) page
+        WHERE before < $5
+        ORDER BY seq
         """)
 
     /// Checks membership of every channel (the whole request fails with not_member if one
@@ -94,13 +102,15 @@ extension RelayService {
         }
     }
 
-    /// Up to `limit` stored messages of a channel with after < seq ≤ through, ascending
-    /// (the replay is produced page by page as the socket drains). Runs on a worker thread.
-    public func replay(channelID: ID, after: Int, through: Int, limit: Int,
+    /// Up to `limit` stored messages of a channel with after < seq ≤ through, ascending,
+    /// stopping once `byteBudget` bytes of ciphertext are in (at least one message) — the
+    /// replay is produced page by page as the socket drains. Runs on a worker thread.
+    public func replay(channelID: ID, after: Int, through: Int, limit: Int, byteBudget: Int = 256 * 1024,
                        on db: PostgresConnection) -> Result<[MessageRecord], ErrorFrame> {
         workerResult(id: nil) {
             guard limit > 0, after < through else { return [] }
-            return try db.execute(Self.replayQuery, [.id(channelID), .int(after), .int(through), .int(limit)]).rows.map {
+            return try db.execute(Self.replayQuery, [.id(channelID), .int(after), .int(through), .int(limit),
+                                                     .int(byteBudget)]).rows.map {
                 row in
                 MessageRecord(
                     channelID: channelID, seq: try row.int(0), senderID: try row.id(1), keyID: try row.id(2),

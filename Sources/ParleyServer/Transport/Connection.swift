@@ -50,6 +50,11 @@ final class Connection {
     }
 
     var isAuthenticated: Bool { userID != nil }
+
+    /// Live bytes waiting for this connection: queued, and held by replaying subscriptions.
+    var pendingLiveBytes: Int {
+        subscriptions.values.reduce(queuedLiveBytes) { $0 + $1.heldBytes }
+    }
     var hasQueuedFrames: Bool { head < queue.count }
 
     func enqueue(_ buffer: FrameBuffer, live: Bool) {
@@ -106,6 +111,9 @@ struct Subscription {
     var lastDelivered = 0
     /// Live messages that arrived before the hand-over completed, in seq order.
     var held: [(seq: Int, frame: FrameBuffer)] = []
+    /// Bytes of `held`: they count toward the connection's slow-consumer bound, or a
+    /// subscriber replaying slower than its channel grows would hold every new message.
+    private(set) var heldBytes = 0
 
     init(generation: UInt64) {
         self.generation = generation
@@ -120,8 +128,15 @@ struct Subscription {
             return frame
         case .starting, .replaying:
             held.append((seq, frame))
+            heldBytes += frame.count
             return nil
         }
+    }
+
+    /// Forgets what is held (the connection is closing).
+    mutating func dropHeld() {
+        held.removeAll()
+        heldBytes = 0
     }
 
     /// Goes live after the replay (or without one): returns the held messages above what
@@ -134,6 +149,7 @@ struct Subscription {
             released.append(frame)
         }
         held.removeAll()
+        heldBytes = 0
         return released
     }
 }

@@ -175,11 +175,16 @@ extension Relay {
         guard connection.pendingClose == nil else { return }
         connection.enqueue(frame, live: live)
         if live && connection.queuedLiveBytes > configuration.outgoingQueueBytes {
-            metrics.slowConsumerClosed()
-            close(connection, code: 4008, reason: CloseCode.slowConsumerReason)
+            closeSlowConsumer(connection)
             return
         }
         lws_callback_on_writable(connection.wsi)
+    }
+
+    /// 4008: the connection's live backlog passed the bound; it resumes with `after`.
+    func closeSlowConsumer(_ connection: Connection) {
+        metrics.slowConsumerClosed()
+        close(connection, code: 4008, reason: CloseCode.slowConsumerReason)
     }
 
     func send(_ error: ErrorFrame, to connection: Connection) {
@@ -204,6 +209,7 @@ extension Relay {
                            "reason": .string(reason), "queued_bytes": .int(connection.queuedBytes)])
         }
         connection.dropQueue()
+        for channel in Array(connection.subscriptions.keys) { connection.subscriptions[channel]?.dropHeld() }
         connection.pendingClose = (code, reason)
         if now {
             var bytes = Array(reason.utf8)

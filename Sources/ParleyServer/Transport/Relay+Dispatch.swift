@@ -180,11 +180,14 @@ extension Relay {
             let frame = FrameBuffer(Event.message(record).encode())
             var delivered = 0
             for id in channelSubscribers[record.channelID] ?? [] {
-                guard let connection = connections[id],
-                      let released = connection.subscriptions[record.channelID]?.accept(seq: record.seq, frame: frame)
-                else { continue }
-                enqueue(released, to: connection, live: true)
-                delivered += 1
+                guard let connection = connections[id], connection.pendingClose == nil,
+                      connection.subscriptions[record.channelID] != nil else { continue }
+                if let released = connection.subscriptions[record.channelID]?.accept(seq: record.seq, frame: frame) {
+                    enqueue(released, to: connection, live: true)
+                    delivered += 1
+                } else if connection.pendingLiveBytes > configuration.outgoingQueueBytes {
+                    closeSlowConsumer(connection)   // held during a replay it cannot finish
+                }
             }
             metrics.delivered(delivered)
             metrics.frameOut("event.message", count: delivered)
