@@ -36,6 +36,10 @@ public final class Relay: @unchecked Sendable {
     var rateLimiter: RateLimiter
     /// Open WebSocket connections per peer address (the per-address limit).
     var addressConnections: [String: Int] = [:]
+    /// Worker jobs submitted whose completion has not been drained yet.
+    var outstandingJobs = 0
+    /// Stopping: new requests and handshakes are refused while in-flight work finishes.
+    var draining = false
 
     // Shared between threads, guarded by `stateLock`.
     private let stateLock = NSLock()
@@ -162,15 +166,33 @@ public final class Relay: @unchecked Sendable {
         stateLock.withLock { boundPort = listening }
         ready.signal()
 
-        // On stop: every connection is sent a 1001 close (EVENT_WAIT_CANCELLED), then the
-        // loop keeps serving for up to two seconds so those frames and in-flight replies go out.
-        var deadline: Date?
+        // On stop, in three steps, each bounded: (1) drain — new requests are answered
+        // `unavailable` and new handshakes 503, while the work in flight finishes and its
+        // replies are written (up to 2 s); (2) a quiet 100 ms, so requests a client sent on
+        // the last replies arrive (a socket closed with unread bytes is reset, and the peer
+        // may lose the close frame); (3) every connection gets 1001, served until all are
+        // closed (up to 2 s).
+        var drainUntil: Date?, quietUntil: Date?, closeUntil: Date?
         while true {
             if isStopping {
-                let limit = deadline ?? Date().addingTimeInterval(2)
-                deadline = limit
-                if connections.isEmpty || Date() > limit { break }
-                closeAllForShutdown()
+                let now = Date()
+                if drainUntil == nil {
+                    draining = true
+                    drainUntil = now.addingTimeInterval(2)
+                }
+                if quietUntil == nil,
+                   (outstandingJobs == 0 && !connections.values.contains { $0.hasQueuedFrames }) || now > drainUntil! {
+                    quietUntil = now.addingTimeInterval(0.1)
+                }
+                if let quiet = quietUntil, now > quiet {
+                    if closeUntil == nil { closeUntil = now.addingTimeInterval(2) }
+                    if connections.isEmpty || now > closeUntil! { break }
+                    closeAllForShutdown()
+                }
+                // The steps run on the clock: poll without waiting, a millisecond apart.
+                if lws_service(context, -1) < 0 { break }
+                usleep(1000)
+                continue
             }
             if lws_service(context, 0) < 0 { break }
         }

@@ -33,6 +33,10 @@ extension Relay {
                        origin: String(origin.prefix(200)))
                 return 1
             }
+            if draining {
+                refuseUpgrade(wsi, status: 503, reason: "Service Unavailable", body: "server shutting down\n")
+                return 1
+            }
             if connections.count >= configuration.maxConnections {
                 refuse(wsi, .maxConnections, status: 503, reason: "Service Unavailable", body: "too many connections\n")
                 return 1
@@ -150,6 +154,7 @@ extension Relay {
         if let close = connection.pendingClose {
             var reason = Array(close.reason.utf8)
             lws_close_reason(connection.wsi, lws_close_status(rawValue: UInt32(close.code)), &reason, reason.count)
+            Self.discardUnread(connection.wsi)
             return -1
         }
         // Several frames per callback while the kernel takes them whole (lws buffers the
@@ -165,6 +170,18 @@ extension Relay {
         requestReplayPages(for: connection)
         if connection.hasQueuedFrames { lws_callback_on_writable(connection.wsi) }
         return 0
+    }
+
+    /// lws sends the close frame and closes the socket at once, without waiting for the
+    /// peer's close. A socket closed with unread bytes in it (requests the client sent
+    /// meanwhile) is reset by the kernel, and the peer may lose the close frame with the
+    /// reset (it sees 1006, not our code). So what has arrived is read and dropped first:
+    /// those requests were never answered, and a client retries them (same client_msg_id).
+    static func discardUnread(_ wsi: OpaquePointer) {
+        let socket = lws_get_socket_fd(wsi)
+        guard socket >= 0 else { return }
+        var scratch = [UInt8](repeating: 0, count: 16_384)
+        while scratch.withUnsafeMutableBytes({ recv(socket, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {}
     }
 
     /// Bytes one writable callback may write to one connection.

@@ -22,6 +22,11 @@ extension Relay {
             frame = decoded
         }
         metrics.frameIn(frame.request.type.rawValue)
+        if draining {
+            send(ErrorFrame(re: frame.id, code: .unavailable, message: "server shutting down, retry",
+                            retryAfterMs: 1000), to: connection)
+            return
+        }
         if configuration.rateLimits.enabled {
             // Refused requests are not applied, so a client may simply retry them later.
             let wait = connection.requestBucket.take(now: RateLimiter.now())
@@ -65,6 +70,7 @@ extension Relay {
     private func submit(_ frame: RequestFrame, from connection: Connection) {
         let context = context(of: connection)
         if case .message(let request) = frame.request {
+            outstandingJobs += 1
             workers.submit(MessageSend(id: frame.id, context: context, request: request))
             return
         }
@@ -83,6 +89,7 @@ extension Relay {
             metrics.databaseCall(seconds: Date().timeIntervalSince(started))
             completions.push(.outcome(connection: context.connectionID, outcome))
         }
+        outstandingJobs += 1
         if let channel = Self.channelChanged(by: frame.request) {
             workers.submit(key: channel, job)
         } else {
@@ -118,6 +125,7 @@ extension Relay {
 
     func drainCompletions() {
         for completion in completions.drain() {
+            outstandingJobs -= 1
             switch completion {
             case .outcome(let connectionID, let outcome):
                 if let connection = connections[connectionID] {
@@ -236,6 +244,7 @@ extension Relay {
         let context = context(of: connection)
         let service = self.service
         let completions = self.completions
+        outstandingJobs += 1
         workers.submit(key: connection.id) { database in
             let result: Result<[SubscriptionStart], ErrorFrame>
             if let database {
@@ -306,6 +315,7 @@ extension Relay {
             let connectionID = connection.id
             let service = self.service
             let completions = self.completions
+            outstandingJobs += 1
             workers.submit(key: connection.id) { database in
                 let result: Result<[MessageRecord], ErrorFrame>
                 if let database {
