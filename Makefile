@@ -5,6 +5,8 @@ SWIFT ?= swift
 TEST_FLAGS ?= --disable-swift-testing
 TEST_DATA_DIR ?= /tmp/parley-test-$(shell id -u)
 PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+# Seconds `make test` (and `make fuzz`) spend fuzzing the frame decoder; 0 skips it.
+FUZZ_SECONDS ?= 60
 
 .PHONY: setup build release test run migrate test-db-stop clean
 
@@ -18,11 +20,18 @@ release: setup
 	$(SWIFT) build -c release
 
 # Swift unit and database tests, then the end-to-end suite: an independent Python client
-# against the real parley-server over real sockets.
+# against the real parley-server over real sockets; then FUZZ_SECONDS of libFuzzer on the
+# frame decoder (docs/fuzzing.md).
 test: setup
 	$(SWIFT) build --build-tests
 	$(SWIFT) test $(TEST_FLAGS)
 	PARLEY_SERVER_BIN=$$($(SWIFT) build --show-bin-path)/parley-server python3 -m pytest -q Tests/EndToEnd
+	scripts/fuzz $(FUZZ_SECONDS)
+
+# libFuzzer (with AddressSanitizer) on the relay's frame decoder: `make fuzz FUZZ_SECONDS=600`.
+.PHONY: fuzz
+fuzz:
+	scripts/fuzz $(FUZZ_SECONDS)
 
 # Two bots (alice and bob) talking through a relay on the embedded PostgreSQL: an
 # interleaved transcript of the protocol at work; everything is stopped at the end.
