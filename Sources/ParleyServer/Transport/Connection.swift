@@ -76,6 +76,17 @@ final class Connection {
         return frame.buffer
     }
 
+    /// The next frames, oldest first, as many as fit in `budget` bytes (at least one).
+    func dequeue(upTo budget: Int) -> [FrameBuffer] {
+        var frames: [FrameBuffer] = []
+        var bytes = 0
+        while head < queue.count, frames.isEmpty || bytes + queue[head].buffer.count <= budget, let frame = dequeue() {
+            frames.append(frame)
+            bytes += frame.count
+        }
+        return frames
+    }
+
     /// Drops everything queued (a connection about to be closed).
     func dropQueue() {
         queue.removeAll()

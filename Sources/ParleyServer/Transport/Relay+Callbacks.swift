@@ -157,15 +157,18 @@ extension Relay {
             Self.discardUnread(connection.wsi)
             return -1
         }
-        // Several frames per callback while the kernel takes them whole (lws buffers the
-        // rest of a partial write; then no more until the next writable callback), bounded
-        // so one busy connection cannot starve the others.
-        var budget = Self.writeBudgetBytes
-        while budget > 0, let frame = connection.dequeue() {
-            let written = lws_write(connection.wsi, frame.payload, frame.count, LWS_WRITE_TEXT)
-            if written < Int32(frame.count) { return -1 }
-            budget -= frame.count
-            if lws_partial_buffered(connection.wsi) != 0 { break }
+        // Everything queued, up to the budget, in one write: one frame as it is, several
+        // framed here and coalesced into one send() — under fan-out the kernel's cost per
+        // send, not the bytes, is what a delivery costs. lws buffers the rest of a partial
+        // write itself; the budget keeps one busy connection from starving the others.
+        let frames = connection.dequeue(upTo: Self.writeBudgetBytes)
+        if frames.count == 1 {
+            let frame = frames[0]
+            if lws_write(connection.wsi, frame.payload, frame.count, LWS_WRITE_TEXT) < Int32(frame.count) { return -1 }
+        } else if !frames.isEmpty {
+            let batch = Self.coalesce(frames)
+            let length = batch.count - FrameBuffer.headroom
+            if lws_write(connection.wsi, batch.payload, length, LWS_WRITE_HTTP) < Int32(length) { return -1 }
         }
         requestReplayPages(for: connection)
         if connection.hasQueuedFrames { lws_callback_on_writable(connection.wsi) }
@@ -182,6 +185,28 @@ extension Relay {
         guard socket >= 0 else { return }
         var scratch = [UInt8](repeating: 0, count: 16_384)
         while scratch.withUnsafeMutableBytes({ recv(socket, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {}
+    }
+
+    /// Server→client WebSocket frames (FIN, text, unmasked) back to back in one buffer,
+    /// written raw (`LWS_WRITE_RAW`, which lws sends as it is on a WebSocket connection).
+    static func coalesce(_ frames: [FrameBuffer]) -> RawBatch {
+        let total = frames.reduce(0) { $0 + 10 + $1.count }
+        let batch = RawBatch(capacity: FrameBuffer.headroom + total)
+        for frame in frames {
+            batch.append(0x81)
+            if frame.count < 126 {
+                batch.append(UInt8(frame.count))
+            } else if frame.count <= 0xFFFF {
+                batch.append(126)
+                batch.append(UInt8(frame.count >> 8))
+                batch.append(UInt8(frame.count & 0xFF))
+            } else {
+                batch.append(127)
+                for shift in stride(from: 56, through: 0, by: -8) { batch.append(UInt8((frame.count >> shift) & 0xFF)) }
+            }
+            batch.append(frame.payload, count: frame.count)
+        }
+        return batch
     }
 
     /// Bytes one writable callback may write to one connection.
