@@ -8,7 +8,7 @@ PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -
 # Seconds `make test` (and `make fuzz`) spend fuzzing the frame decoder; 0 skips it.
 FUZZ_SECONDS ?= 60
 
-.PHONY: setup build release test run migrate test-db-stop clean
+.PHONY: setup build release test run migrate test-db-stop clean bench
 
 setup:
 	scripts/setup
@@ -38,6 +38,11 @@ fuzz:
 .PHONY: demo
 demo: setup
 	scripts/demo
+
+# The standard benchmark set with its peers (nginx + nchan, pgbench) in one run, 6-8 minutes:
+# medians into docs/benchmarks.md, raw results into .bench/ (BENCH_RUNS, BENCH_SECONDS).
+bench: setup
+	scripts/bench
 
 migrate: setup
 	$(SWIFT) run parley-server migrate
