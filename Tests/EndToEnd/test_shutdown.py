@@ -2,17 +2,19 @@
 and loses nothing acknowledged; a slow-loris HTTP peer is dropped by lws's timeout while
 normal clients are still served."""
 import asyncio
+import json
 import signal
 import socket
 import time
 
 import pytest
 import websockets
+from websockets.asyncio.client import connect as ws_connect
 
 from conftest import http_get
 from parley_client import (
     channel_with_subscriber,
-    DEFAULT_TIMEOUT, auth, connect, message_fields,
+    DEFAULT_TIMEOUT, SUBPROTOCOL, auth, connect, message_fields, send_many,
 )
 
 
@@ -85,6 +87,43 @@ async def test_sigterm_under_load(own_relay):
     assert seqs == list(range(1, last_seq + 1)), "every seq exactly once, contiguous"
     assert set(acked_seqs) <= set(seqs)
     assert relay.terminate() == 0
+
+
+@pytest.mark.time_limit(120)
+async def test_healthz_says_draining_while_the_relay_stops(own_relay):
+    """During the drain, /healthz answers 503 "draining" (a balancer stops routing there).
+    A subscriber that never reads its replay keeps the drain busy for its full 2 s."""
+    relay = own_relay()
+    await asyncio.to_thread(relay.start)
+    ca, a, cb, b, ch = await channel_with_subscriber(relay.url)
+    await send_many(ca, ch, a, 300, body="x" * 400)
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", relay.port))
+    stuck = await ws_connect(relay.url, sock=sock, subprotocols=[SUBPROTOCOL], compression=None,
+                             max_size=None, max_queue=1, ping_interval=None)
+    await stuck.send(json.dumps({"id": "a", "type": "auth", "session": b.session}))
+    assert json.loads(await asyncio.wait_for(stuck.recv(), 10))["type"] == "auth"
+    await stuck.send(json.dumps({"id": "s", "type": "subscribe",
+                                 "channels": [{"channel_id": ch.channel_id, "after": 0}]}))
+    await asyncio.sleep(0.5)   # the replay fills the socket and the relay's queue
+
+    relay.proc.send_signal(signal.SIGTERM)
+    seen = []
+    for _ in range(40):
+        try:
+            status, _, body = await asyncio.to_thread(http_get, relay.http + "/healthz", 1)
+            seen.append((status, body.strip()))
+            if status == 503:
+                break
+        except OSError:
+            break
+        await asyncio.sleep(0.05)
+    assert (503, b"draining") in seen, seen
+    assert await asyncio.to_thread(relay.proc.wait, 15) == 0
+    stuck.transport.abort()
 
 
 @pytest.mark.time_limit(120)

@@ -296,6 +296,8 @@ extension Relay {
     private func answerHTTP(_ wsi: OpaquePointer, path: String) -> Int32 {
         switch path {
         case "/healthz":
+            // A balancer stops sending new clients as soon as the relay starts to stop.
+            if draining { return respond(wsi, status: 503, body: "draining\n", type: "text/plain") }
             let up = health.isDatabaseUp
             return respond(wsi, status: up ? 200 : 503, body: up ? "ok\n" : "unavailable\n", type: "text/plain")
         case "/metrics":
