@@ -34,6 +34,10 @@ public enum SecurityAlert: Sendable, Equatable {
     case verificationFailed(VerificationFailure)
     /// A message whose (`key_id`, `iv`) came before with another `seq`: dropped.
     case replayDropped(channelID: ID, seq: Int, firstSeq: Int)
+    /// The relay's channel ends at `lastSeq`, below the seq `seen` this client already
+    /// received: a restore from an older backup, or a relay withholding messages. The
+    /// client goes on from `lastSeq`; what it saw above stays seen (replays still drop).
+    case historyRewound(channelID: ID, lastSeq: Int, seen: Int)
 }
 
 /// A message after decryption and verification.

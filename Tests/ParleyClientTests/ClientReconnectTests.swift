@@ -2,6 +2,7 @@ import Foundation
 @testable import ParleyClient
 import ParleyProtocol
 import ParleyServer
+import ParleyStore
 import ParleyTestSupport
 import XCTest
 
@@ -98,6 +99,42 @@ final class ClientReconnectTests: XCTestCase {
         let both = await bob.events.wait(timeout: 20) { $0.messages(in: channel).count >= 2 }
         XCTAssertTrue(both)
         XCTAssertEqual(bob.events.messages(in: channel).map(\.text), ["before", "after"])
+        await harness.stop()
+    }
+
+    func testAHistoryRestoredFromAnOlderBackupIsReportedAndFollowed() async throws {
+        let harness = try RelayHarness()
+        let alice = try await harness.user("alice", key: 0)
+        let bob = try await harness.user("bob", key: 1)
+        let channel = try await alice.client.createChannel(name: "restored", members: [bob.identity.userID])
+        try await bob.client.subscribe(to: [channel])
+        for text in ["one", "two", "three"] { try await alice.client.send(text: text, to: channel) }
+        let seen = await bob.events.wait { $0.messages(in: channel).count == 3 }
+        XCTAssertTrue(seen)
+
+        // The database goes back to a backup taken after "one": seqs 2 and 3 are gone.
+        let port = harness.relay.port
+        harness.relay.stop()
+        let database = try PostgresConnection(connectionString: harness.connectionString)
+        try database.execute("DELETE FROM messages WHERE channel_id = $1 AND seq > 1", [.text(channel.string)])
+        try database.execute("UPDATE channels SET last_seq = 1 WHERE id = $1", [.text(channel.string)])
+        var configuration = harness.relay.configuration
+        configuration.port = port
+        let second = Relay(configuration: configuration, connectionString: harness.connectionString)
+        try second.start()
+        defer { second.stop() }
+
+        // Bob resumes after 3, which the relay no longer has: a loud alert, then he follows
+        // the relay's history from seq 1 and gets what is sent next.
+        let alerted = await bob.events.wait(timeout: 20) {
+            $0.alerts.contains(.historyRewound(channelID: channel, lastSeq: 1, seen: 3))
+        }
+        XCTAssertTrue(alerted, "\(bob.events.alerts)")
+        try await alice.client.send(text: "after the restore", to: channel)
+        let next = await bob.events.wait(timeout: 20) { $0.messages(in: channel).count == 4 }
+        XCTAssertTrue(next)
+        XCTAssertEqual(bob.events.messages(in: channel).map(\.text), ["one", "two", "three", "after the restore"])
+        XCTAssertEqual(bob.events.messages(in: channel).last?.seq, 2)
         await harness.stop()
     }
 

@@ -406,6 +406,20 @@ public actor ParleyClient {
             }
             followed.formIntersection(list.channels.map(\.channelID))
             if !followed.isEmpty { _ = try await exchange(request(), on: connection) }
+        } catch let error as ClientError where error.code == .badRequest {
+            // An `after` above a channel's last_seq: the relay's history ends below what this
+            // client has seen. Said loudly, then the client goes on from the relay's last_seq
+            // (a subscribe without `after` tells it; the one with `after` replaces it).
+            let probe = Request.subscribe(.init(channels: followed.sorted().map { .init(channelID: $0, after: nil) }))
+            guard case .subscribe(let current) = try await exchange(probe, on: connection) else {
+                throw ClientError.unexpectedReply("subscribe")
+            }
+            for entry in current.channels {
+                guard let seen = lastDelivered[entry.channelID], seen > entry.lastSeq else { continue }
+                alert(.historyRewound(channelID: entry.channelID, lastSeq: entry.lastSeq, seen: seen))
+                lastDelivered[entry.channelID] = entry.lastSeq
+            }
+            _ = try await exchange(request(), on: connection)
         }
     }
 
