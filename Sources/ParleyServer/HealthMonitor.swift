@@ -28,8 +28,13 @@ final class HealthMonitor: @unchecked Sendable {
         check(nil)
         let thread = Thread { [self] in
             var connection: PostgresConnection?
+            var lastSweep: Date?
             while !(lock.withLock { stopping }) {
                 connection = check(connection)
+                if let connection, lastSweep.map({ Date().timeIntervalSince($0) >= Housekeeping.interval }) ?? true {
+                    lastSweep = Date()
+                    sweep(on: connection)
+                }
                 for _ in 0..<10 where !(lock.withLock { stopping }) { usleep(100_000) }
             }
         }
@@ -44,6 +49,20 @@ final class HealthMonitor: @unchecked Sendable {
             return self.thread
         }
         while let thread, !thread.isFinished { usleep(2000) }
+    }
+
+    /// Expired challenges and sessions go (Housekeeping); a failure waits for the next round.
+    private func sweep(on connection: PostgresConnection) {
+        do {
+            let swept = try Housekeeping.sweep(on: connection)
+            if swept.challenges + swept.sessions > 0 {
+                log.info("housekeeping.swept", "expired challenges and sessions deleted",
+                         ["challenges": .int(swept.challenges), "sessions": .int(swept.sessions)])
+            }
+        } catch {
+            log.warn("housekeeping.failed", "the sweep of expired rows failed; next round retries",
+                     ["error": .string((error as? StoreError)?.description ?? "unknown")])
+        }
     }
 
     @discardableResult
