@@ -18,6 +18,11 @@ final class Metrics: @unchecked Sendable {
     private var rejections: [String: Int] = [:]        // guarded by lock
     private var sendBatches = 0                        // guarded by lock
     private var sendsBatched = 0                       // guarded by lock
+    private var listenConnected = false                // guarded by lock
+    private var listenReconnects = 0                   // guarded by lock
+    private var announcements = 0                      // guarded by lock
+    private var crossNodeMessages = 0                  // guarded by lock
+    private var gapReads = 0                           // guarded by lock
 
     /// Why a connection or request was refused (`parley_rejections_total{reason}`).
     enum Rejection: String, CaseIterable {
@@ -55,6 +60,16 @@ final class Metrics: @unchecked Sendable {
             sendsBatched += size
         }
     }
+
+    /// The LISTEN connection came up (after its catch-up) or was lost.
+    func listening(_ up: Bool) { lock.withLock { listenConnected = up } }
+    func listenReconnected() { lock.withLock { listenReconnects += 1 } }
+    /// Another node's announcement arrived.
+    func announcementReceived() { lock.withLock { announcements += 1 } }
+    /// A message committed by another node went out to this node's subscribers.
+    func crossNodeMessage() { lock.withLock { crossNodeMessages += 1 } }
+    /// A feed's gap was read from the tables.
+    func gapRead() { lock.withLock { gapReads += 1 } }
 
     func databaseCall(seconds: Double) {
         lock.withLock {
@@ -111,6 +126,17 @@ final class Metrics: @unchecked Sendable {
             for result in ["failed", "ok"] {
                 text += "parley_database_reconnects_total{result=\"\(result)\"} \(databaseReconnects[result, default: 0])\n"
             }
+            family("parley_listen_connected", "gauge", "1 while the LISTEN connection for other nodes' commits is up.")
+            text += "parley_listen_connected \(listenConnected ? 1 : 0)\n"
+            family("parley_listen_reconnects_total", "counter", "Times the LISTEN connection was made again after a loss.")
+            text += "parley_listen_reconnects_total \(listenReconnects)\n"
+            family("parley_announcements_total", "counter", "Other nodes' commit announcements received.")
+            text += "parley_announcements_total \(announcements)\n"
+            family("parley_cross_node_messages_total", "counter",
+                   "Messages committed by other nodes and fanned out here.")
+            text += "parley_cross_node_messages_total \(crossNodeMessages)\n"
+            family("parley_feed_gap_reads_total", "counter", "Reads of messages no announcement brought in time.")
+            text += "parley_feed_gap_reads_total \(gapReads)\n"
             family("parley_outgoing_queue_bytes", "gauge", "Bytes queued for all connections.")
             text += "parley_outgoing_queue_bytes \(queues.outgoingBytes)\n"
             family("parley_database_queue_jobs", "gauge", "Jobs waiting for a database worker.")

@@ -18,6 +18,7 @@ public final class Relay: @unchecked Sendable {
     let completions = CompletionQueue()
     let metrics = Metrics()
     let health: HealthMonitor
+    let listener: ClusterListener
     public let log: Log
     let nodeID = ID.random()
 
@@ -40,6 +41,14 @@ public final class Relay: @unchecked Sendable {
     var outstandingJobs = 0
     /// Stopping: new requests and handshakes are refused while in-flight work finishes.
     var draining = false
+    /// Per channel with subscribers here: its commits, from every node, in order.
+    var feeds: [ID: ChannelFeed] = [:]
+    var nextFeedEpoch: UInt64 = 0
+    /// Whether the LISTEN connection is up: while it is down, gaps are read at once.
+    var listening = false
+    /// The `event.member`s sent lately (channel, version, user), oldest first in the order.
+    var recentMemberEvents: Set<String> = []
+    var recentMemberEventOrder: [String] = []
 
     // Shared between threads, guarded by `stateLock`.
     private let stateLock = NSLock()
@@ -67,6 +76,8 @@ public final class Relay: @unchecked Sendable {
                                   metrics: metrics, log: log,
                                   storeSends: Self.storeSends(service: service, metrics: metrics, completions: completions))
         health = HealthMonitor(connectionString: connectionString, log: log)
+        listener = ClusterListener(connectionString: connectionString, nodeID: nodeID, completions: completions,
+                                   metrics: metrics, log: log)
         rateLimiter = RateLimiter(limits: configuration.rateLimits)
     }
 
@@ -88,6 +99,7 @@ public final class Relay: @unchecked Sendable {
             health.stop()
             throw RelayError(message: message)
         }
+        listener.start()
     }
 
     /// Stops accepting, closes every connection (1001, going away) and returns when the
@@ -99,6 +111,7 @@ public final class Relay: @unchecked Sendable {
         }
         if let context = completions.context { lws_cancel_service(context) }
         while let thread, !thread.isFinished { usleep(2000) }
+        listener.stop()
         workers.stop()
         health.stop()
     }

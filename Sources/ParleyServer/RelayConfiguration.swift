@@ -119,10 +119,12 @@ public enum Effect: Sendable {
     /// A committed message: fan out `event.message` to the channel's subscribers.
     case message(MessageRecord)
     /// A committed key record: fan out `event.key`, each subscribed member with its own
-    /// copy (`copies[user]`), the record's `encryptedKey` being ignored.
-    case key(KeyRecord, copies: [ID: [UInt8]])
+    /// copy (`copies[user]`), the record's `encryptedKey` being ignored. `atSeq` is the
+    /// channel's last_seq at the commit: the event goes out after that message.
+    case key(KeyRecord, copies: [ID: [UInt8]], atSeq: Int)
     /// A committed membership change: `event.member` to the channel's subscribers and to
     /// every connection of the affected user (each connection once); `members` is the
     /// membership after the change. A removed user's subscriptions to the channel end.
-    case member(Event.Member, members: [ID])
+    /// `atSeq` as for `key`.
+    case member(Event.Member, members: [ID], atSeq: Int)
 }

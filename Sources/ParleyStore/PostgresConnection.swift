@@ -1,5 +1,8 @@
 import CLibPQ
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One libpq connection: bind parameters only, statements prepared once per connection,
 /// SQLSTATE-aware errors, and reconnection after the server went away.
@@ -12,6 +15,9 @@ public final class PostgresConnection {
     public let applicationName: String
     private var handle: OpaquePointer?
     private var preparedNames: Set<String> = []
+    /// Counts the connections made: a session-level state such as `LISTEN` belongs to one
+    /// of them, and a query that reconnected on the way has lost it.
+    public private(set) var generation = 0
 
     /// Connects at once; throws `connectionFailed` when the server cannot be reached.
     public init(connectionString: String, applicationName: String = "parley") throws {
@@ -95,6 +101,58 @@ public final class PostgresConnection {
         return value
     }
 
+    // MARK: - Notifications
+
+    /// One `NOTIFY` received: the channel, the payload and the sending backend's pid.
+    public struct Notification: Sendable, Equatable {
+        public var channel: String
+        public var payload: String
+        public var pid: Int32
+    }
+
+    /// `LISTEN` on a channel (an identifier: letters, digits and `_` only).
+    public func listen(_ channel: String) throws {
+        guard !channel.isEmpty, channel.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) else {
+            throw StoreError(.queryFailed, detail: "not a channel name")
+        }
+        try execute("LISTEN \(channel)")
+    }
+
+    /// Waits up to `timeout` seconds for notifications and returns what arrived (maybe
+    /// nothing). Throws `connectionFailed` when the connection is lost: a lost LISTEN
+    /// connection is not reconnected here, since the caller must LISTEN again and catch up.
+    public func notifications(timeout: Double) throws -> [Notification] {
+        guard let handle, PQstatus(handle) == CONNECTION_OK else {
+            throw StoreError(.connectionFailed, detail: "no connection")
+        }
+        var received = takeNotifications(handle)
+        if !received.isEmpty { return received }
+        var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
+        let ready = poll(&descriptor, 1, Int32(max(0, timeout) * 1000))
+        if ready < 0 && errno != EINTR {
+            throw StoreError(.connectionFailed, detail: "poll failed: errno \(errno)")
+        }
+        if ready > 0 {
+            guard PQconsumeInput(handle) == 1, PQstatus(handle) == CONNECTION_OK else {
+                let message = String(cString: PQerrorMessage(handle)).trimmingCharacters(in: .whitespacesAndNewlines)
+                throw StoreError(.connectionFailed, detail: message.isEmpty ? "connection lost" : message)
+            }
+            received = takeNotifications(handle)
+        }
+        return received
+    }
+
+    private func takeNotifications(_ handle: OpaquePointer) -> [Notification] {
+        var received: [Notification] = []
+        while let notify = PQnotifies(handle) {
+            received.append(Notification(channel: String(cString: notify.pointee.relname),
+                                         payload: String(cString: notify.pointee.extra),
+                                         pid: notify.pointee.be_pid))
+            PQfreemem(notify)
+        }
+        return received
+    }
+
     // MARK: - libpq plumbing
 
     private func connect() throws {
@@ -117,6 +175,7 @@ public final class PostgresConnection {
         // Notices ("relation already exists, skipping") are not errors; keep them off stderr.
         PQsetNoticeProcessor(connection, { _, _ in }, nil)
         handle = connection
+        generation += 1
     }
 
     private func liveHandle() throws -> OpaquePointer {

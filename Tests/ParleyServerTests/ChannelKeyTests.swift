@@ -36,7 +36,7 @@ final class ChannelKeyTests: XCTestCase {
         XCTAssertEqual(outcome.effects.count, 2)
         var told: [ID] = []
         for effect in outcome.effects {
-            guard case .member(let event, let members) = effect else { return XCTFail("not a member effect") }
+            guard case .member(let event, let members, _) = effect else { return XCTFail("not a member effect") }
             XCTAssertEqual(event.channelID, channel)
             XCTAssertEqual(event.action, .added)
             XCTAssertEqual(event.by, alice.id)
@@ -207,7 +207,7 @@ final class ChannelKeyTests: XCTestCase {
         let outcome = relay.send(.channelAdd(.init(channelID: channel, userID: bob.id, membership: v2)), as: alice)
         guard case .channelAdd(let added) = try relay.result(outcome) else { return XCTFail("not channel.add") }
         XCTAssertEqual(added, Response.MembershipChanged(channelID: channel, userID: bob.id, membershipVersion: 2))
-        guard outcome.effects.count == 1, case .member(let event, let members) = outcome.effects[0] else {
+        guard outcome.effects.count == 1, case .member(let event, let members, _) = outcome.effects[0] else {
             return XCTFail("expected one member effect")
         }
         XCTAssertEqual(event, Event.Member(channelID: channel, userID: bob.id, action: .added, by: alice.id, membership: v2))
@@ -301,7 +301,7 @@ final class ChannelKeyTests: XCTestCase {
         let outcome = relay.send(.channelRemove(.init(channelID: channel, userID: bob.id, membership: v2)), as: bob)
         guard case .channelRemove(let removed) = try relay.result(outcome) else { return XCTFail("not channel.remove") }
         XCTAssertEqual(removed.membershipVersion, 2)
-        guard case .member(let event, let members) = outcome.effects.first else { return XCTFail("no member effect") }
+        guard case .member(let event, let members, _) = outcome.effects.first else { return XCTFail("no member effect") }
         XCTAssertEqual(event.action, .removed)
         XCTAssertEqual(event.userID, bob.id)
         XCTAssertEqual(event.by, bob.id)
@@ -362,7 +362,7 @@ final class ChannelKeyTests: XCTestCase {
         let last = try relay.next(v1, channel: channel, members: [], owner: .some(nil), signer: alice)
         let outcome = relay.send(.channelRemove(.init(channelID: channel, userID: alice.id, membership: last)), as: alice)
         _ = try relay.result(outcome)
-        guard case .member(let event, let members) = outcome.effects.first else { return XCTFail("no member effect") }
+        guard case .member(let event, let members, _) = outcome.effects.first else { return XCTFail("no member effect") }
         XCTAssertEqual(event.userID, alice.id)
         XCTAssertEqual(members, [])
 
@@ -415,7 +415,7 @@ final class ChannelKeyTests: XCTestCase {
         XCTAssertLessThanOrEqual(stored.createdAt, relay.nowMillis + 1000)
         XCTAssertEqual(stored.expiresAt - stored.createdAt, Limits.keyTTLSeconds * 1000)
 
-        guard outcome.effects.count == 1, case .key(let record, let copies) = outcome.effects[0] else {
+        guard outcome.effects.count == 1, case .key(let record, let copies, _) = outcome.effects[0] else {
             return XCTFail("expected one key effect")
         }
         XCTAssertNil(record.encryptedKey)

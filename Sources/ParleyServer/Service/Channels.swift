@@ -28,7 +28,7 @@ enum ChannelSQL {
     /// Locks the channel row: concurrent changes of one channel (membership, keys,
     /// messages) serialize on it until commit.
     static let lockChannel = PreparedStatement("chm_lock_channel", """
-        SELECT membership_version, owner_id, current_key_id FROM channels WHERE id = $1 FOR UPDATE
+        SELECT membership_version, owner_id, current_key_id, last_seq FROM channels WHERE id = $1 FOR UPDATE
         """)
 
     static let statementColumns = "version, prev, ts, owner_id, members, signer_id, sig"
@@ -131,6 +131,10 @@ extension Handler {
             try db.execute(ChannelSQL.insertFirstMembers, [
                 .id(request.channelID), .id(accepted.owner), .array(statement.members.map(\.string)),
             ])
+            if statement.members.contains(where: { $0 != creator }) {
+                try db.announce(.member(node: self.context.nodeID, channelID: request.channelID, version: 1, atSeq: 0,
+                                        userID: nil, action: .added, by: creator))
+            }
             return try currentMembers(request.channelID).members
         }
         // Each other member learns it was added, without subscribing to anything.
@@ -138,7 +142,7 @@ extension Handler {
             Effect.member(
                 Event.Member(channelID: request.channelID, userID: member, action: .added, by: creator,
                              membership: statement),
-                members: statement.members)
+                members: statement.members, atSeq: 0)
         }
         return ok(.channelCreate(.init(channelID: request.channelID, name: request.name, members: members)),
                   effects: effects)
@@ -163,7 +167,7 @@ extension Handler {
     func channelMembership(_ request: Request.ChannelMembership) throws -> Outcome {
         _ = try requireMember(request.channelID)
         let statements = try db.execute(ChannelSQL.statementsAfter, [.id(request.channelID), .int(request.afterVersion ?? 0)])
-            .rows.map { try statementRow($0) }
+            .rows.map { try Self.statementRow($0) }
         return ok(.channelMembership(.init(statements: statements)))
     }
 
@@ -172,7 +176,7 @@ extension Handler {
         let channelID = request.channelID
         let statement = request.membership
 
-        let accepted: MembershipRules.Accepted = try db.transaction {
+        let (accepted, atSeq): (MembershipRules.Accepted, Int) = try db.transaction {
             // The row lock first: the version, the chain head and the members read below
             // cannot change until this transaction ends.
             guard let channel = try db.execute(ChannelSQL.lockChannel, [.id(channelID)]).first else {
@@ -187,7 +191,7 @@ extension Handler {
             var context = MembershipRules.Context(
                 channelID: channelID, requester: requester,
                 change: adding ? .add(request.userID) : .remove(request.userID),
-                previous: try statementRow(head), previousTextHash: try head.bytes(7),
+                previous: try Self.statementRow(head), previousTextHash: try head.bytes(7),
                 now: nowSeconds, windowSeconds: configuration.timestampWindowSeconds)
             if !adding, let owner, request.userID == owner {
                 context.successor = try db.execute(ChannelSQL.successor, [.id(channelID), .id(owner)]).first?.id(0)
@@ -212,7 +216,10 @@ extension Handler {
                 }
             }
             try db.execute(ChannelSQL.expireCurrentKey, [.id(channelID)])
-            return accepted
+            try db.announce(.member(node: self.context.nodeID, channelID: channelID, version: statement.version,
+                                    atSeq: try channel.int(3), userID: request.userID,
+                                    action: accepted.action ?? (adding ? .added : .removed), by: requester))
+            return (accepted, try channel.int(3))
         }
 
         let event = Event.Member(
@@ -221,7 +228,7 @@ extension Handler {
         let result = Response.MembershipChanged(
             channelID: channelID, userID: request.userID, membershipVersion: statement.version)
         return ok(adding ? .channelAdd(result) : .channelRemove(result),
-                  effects: [.member(event, members: statement.members)])
+                  effects: [.member(event, members: statement.members, atSeq: atSeq)])
     }
 
     // MARK: - Helpers
@@ -269,7 +276,7 @@ extension Handler {
     }
 
     /// A stored statement (columns in `statementColumns` order).
-    private func statementRow(_ row: Row) throws -> MembershipStatement {
+    static func statementRow(_ row: Row) throws -> MembershipStatement {
         MembershipStatement(
             version: try row.int(0), prev: try row.bytes(1), ts: try row.int(2), ownerID: try row.optionalID(3),
             members: try row.uuidArray(4).map { ID($0) }, signerID: try row.id(5), sig: try row.bytes(6))

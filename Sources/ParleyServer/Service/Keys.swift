@@ -84,19 +84,19 @@ extension Handler {
         // rotation_required always describes the newest key: none, expired, or no copy.
         let rotationRequired = try newest.map { row in try row.bool(10) || row.isNull(9) } ?? true
         guard let keyID = request.keyID else {
-            return ok(.key(.init(key: try newest.map(keyRecord), rotationRequired: rotationRequired)))
+            return ok(.key(.init(key: try newest.map(Self.keyRecord), rotationRequired: rotationRequired)))
         }
         guard let row = try db.execute(KeySQL.keyWithCopy, [.id(request.channelID), .id(keyID), .id(user)]).first else {
             throw error(.notFound, "no such key with a copy for you in this channel")
         }
-        return ok(.key(.init(key: try keyRecord(row), rotationRequired: rotationRequired)))
+        return ok(.key(.init(key: try Self.keyRecord(row), rotationRequired: rotationRequired)))
     }
 
     func keys(_ request: Request.Keys) throws -> Outcome {
         let creator = try userID
         let channelID = request.channelID
 
-        let stored: KeyRecord = try db.transaction {
+        let (stored, atSeq): (KeyRecord, Int) = try db.transaction {
             guard let channel = try db.execute(ChannelSQL.lockChannel, [.id(channelID)]).first else {
                 throw error(.notMember, "not a member of this channel")
             }
@@ -149,21 +149,23 @@ extension Handler {
                 .array(request.encryptedKeys.map { KeySQL.byteaLiteral($0.encryptedKey) }),
             ])
             try db.execute(KeySQL.setCurrentKey, [.id(channelID), .id(request.keyID)])
-            return KeyRecord(
+            let atSeq = try channel.int(3)
+            try db.announce(.key(node: context.nodeID, channelID: channelID, keyID: request.keyID, atSeq: atSeq))
+            return (KeyRecord(
                 keyID: request.keyID, channelID: channelID, creatorID: creator, previousKeyID: request.previousKeyID,
                 membershipVersion: request.membershipVersion, digest: request.digest, sig: request.sig,
-                createdAt: try inserted.int(0), expiresAt: try inserted.int(1), encryptedKey: nil)
+                createdAt: try inserted.int(0), expiresAt: try inserted.int(1), encryptedKey: nil), atSeq)
         }
 
         let copies = Dictionary(request.encryptedKeys.map { ($0.userID, $0.encryptedKey) }, uniquingKeysWith: { first, _ in first })
         return ok(.keys(.init(keyID: stored.keyID, createdAt: stored.createdAt, expiresAt: stored.expiresAt)),
-                  effects: [.key(stored, copies: copies)])
+                  effects: [.key(stored, copies: copies, atSeq: atSeq)])
     }
 
     // MARK: - Helpers
 
     /// A key row (columns in `keyColumns` order) as the contract's record.
-    private func keyRecord(_ row: Row) throws -> KeyRecord {
+    static func keyRecord(_ row: Row) throws -> KeyRecord {
         KeyRecord(
             keyID: try row.id(0), channelID: try row.id(1), creatorID: try row.id(2),
             previousKeyID: try row.optionalID(3), membershipVersion: try row.int(4), digest: try row.bytes(5),

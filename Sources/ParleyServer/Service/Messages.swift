@@ -35,10 +35,11 @@ public struct MessageSend: Sendable {
 }
 
 extension RelayService {
+    /// The form that also announces the stored messages to other nodes (migration 0004).
     static let sendMessagesQuery = PreparedStatement("send_messages", """
         SELECT ord, outcome, seq, received_ms, first_channel, current_key
-        FROM parley_send_messages($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bytea[], $6::bytea[],
-                                  $7::bigint[], $8::bigint, $9::bigint, $10::integer)
+        FROM parley_send_messages($11::uuid, $1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bytea[],
+                                  $6::bytea[], $7::bigint[], $8::bigint, $9::bigint, $10::integer)
         """)
 
     /// Stores a batch of sends in one transaction and answers each, in order. A batch the
@@ -71,6 +72,7 @@ extension RelayService {
                 .byteaArray(requests.map(\.iv)), .byteaArray(requests.map(\.ciphertext)),
                 .integerArray(requests.map(\.ts)), .int(Int(Date().timeIntervalSince1970)),
                 .int(configuration.timestampWindowSeconds), .int(configuration.maxCiphertextBytes),
+                .id(batch[pending[0]].context.nodeID),
             ]).rows
             guard rows.count == pending.count else {
                 throw StoreError(.decodingFailed, detail: "parley_send_messages answered \(rows.count) of \(pending.count) sends")

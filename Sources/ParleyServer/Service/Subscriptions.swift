@@ -19,6 +19,10 @@ public struct SubscriptionStart: Sendable, Equatable {
     /// The seq `event.synced` carries when nothing is replayed: max(after, cut); nil when no
     /// `event.synced` is due (no `after`, or not recovered).
     public var syncedSeq: Int?
+    /// The channel's newest key and membership version in the same snapshot: where this
+    /// node's feed of the channel starts (`ChannelFeed.start`).
+    public var currentKeyID: ID?
+    public var membershipVersion = 0
 
     public init(channelID: ID, lastSeq: Int, recovered: Bool, replayFrom: Int? = nil, syncedSeq: Int? = nil) {
         self.channelID = channelID
@@ -45,7 +49,7 @@ extension RelayService {
     /// Every requested channel the user is a member of, with its `last_seq` and the user's
     /// join cut, read by one statement (one snapshot).
     static let subscriptionStateQuery = PreparedStatement("subscribe_state", """
-        SELECT c.id, c.last_seq, m.join_seq
+        SELECT c.id, c.last_seq, m.join_seq, c.current_key_id, c.membership_version
         FROM channels c JOIN channel_members m ON m.channel_id = c.id AND m.user_id = $2
         WHERE c.id = ANY ($1::uuid[])
         """)
@@ -80,9 +84,9 @@ extension RelayService {
             if request.channels.isEmpty { return [] }
             let channelIDs = request.channels.map(\.channelID.string)
             let rows = try db.execute(Self.subscriptionStateQuery, [.array(channelIDs), .id(user)]).rows
-            var state: [ID: (lastSeq: Int, joinSeq: Int)] = [:]
+            var state: [ID: (lastSeq: Int, joinSeq: Int, keyID: ID?, version: Int)] = [:]
             for row in rows {
-                state[try row.id(0)] = (try row.int(1), try row.int(2))
+                state[try row.id(0)] = (try row.int(1), try row.int(2), try row.optionalID(3), try row.int(4))
             }
             for channel in request.channels where state[channel.channelID] == nil {
                 throw ErrorFrame(re: id, code: .notMember, message: "not a member of channel \(channel.channelID)")
@@ -91,13 +95,16 @@ extension RelayService {
                 guard let entry = state[channel.channelID] else {
                     throw ErrorFrame(re: id, code: .notMember, message: "not a member of channel \(channel.channelID)")
                 }
-                let (lastSeq, joinSeq) = entry
+                let (lastSeq, joinSeq, keyID, version) = entry
                 if let after = channel.after, after > lastSeq {
                     throw ErrorFrame(re: id, code: .badRequest,
                                      message: "channels.after: \(after) is above the channel's last_seq \(lastSeq)")
                 }
-                return SubscriptionStart.plan(channelID: channel.channelID, lastSeq: lastSeq, joinSeq: joinSeq,
-                                              after: channel.after)
+                var start = SubscriptionStart.plan(channelID: channel.channelID, lastSeq: lastSeq, joinSeq: joinSeq,
+                                                   after: channel.after)
+                start.currentKeyID = keyID
+                start.membershipVersion = version
+                return start
             }
         }
     }

@@ -11,6 +11,12 @@ enum Completion: Sendable {
                              Result<[SubscriptionStart], ErrorFrame>)
     /// One page of a subscription's replay.
     case replayPage(connection: UInt64, channel: ID, generation: UInt64, Result<[MessageRecord], ErrorFrame>)
+    /// From the LISTEN thread: not a worker job (`outstandingJobs` does not count it).
+    case cluster(ClusterEvent)
+    /// A worker's read for a channel feed: a gap's messages (`after`, `through`], or a
+    /// key record a catch-up found missing.
+    case feedFilled(channel: ID, epoch: UInt64, after: Int, through: Int, Result<[MessageRecord], ErrorFrame>)
+    case feedKey(channel: ID, (KeyRecord, copies: [ID: [UInt8]], atSeq: Int)?)
 }
 
 /// Worker threads push completions here and wake the lws loop with `lws_cancel_service`;

@@ -269,7 +269,7 @@ extension Relay {
 
     /// Removes every trace of a closed connection.
     func forget(_ connection: Connection) {
-        for channel in connection.subscriptions.keys { channelSubscribers[channel]?.remove(connection.id) }
+        for channel in connection.subscriptions.keys { removeSubscriber(connection.id, channel: channel) }
         if let user = connection.userID { userConnections[user]?.remove(connection.id) }
         if let session = connection.sessionHash { sessionConnections[session]?.remove(connection.id) }
         connections.removeValue(forKey: connection.id)

@@ -125,7 +125,8 @@ extension Relay {
 
     func drainCompletions() {
         for completion in completions.drain() {
-            outstandingJobs -= 1
+            // Everything but the LISTEN thread's events answers a job submitted here.
+            if case .cluster = completion {} else { outstandingJobs -= 1 }
             switch completion {
             case .outcome(let connectionID, let outcome):
                 if let connection = connections[connectionID] {
@@ -145,6 +146,12 @@ extension Relay {
                 subscriptionStarted(connectionID, requestID: requestID, generation: generation, result: result)
             case .replayPage(let connectionID, let channel, let generation, let result):
                 replayPageArrived(connectionID, channel: channel, generation: generation, result: result)
+            case .cluster(let event):
+                clusterEvent(event)
+            case .feedFilled(let channel, let epoch, let after, let through, let result):
+                feedFilled(channel, epoch: epoch, after: after, through: through, result: result)
+            case .feedKey(let channel, let found):
+                feedKeyArrived(channel, found)
             }
         }
     }
@@ -183,46 +190,8 @@ extension Relay {
                 }
             }
 
-        case .message(let record):
-            metrics.messageStored()
-            let frame = FrameBuffer(Event.message(record).encode())
-            var delivered = 0
-            for id in channelSubscribers[record.channelID] ?? [] {
-                guard let connection = connections[id], connection.pendingClose == nil,
-                      connection.subscriptions[record.channelID] != nil else { continue }
-                if let released = connection.subscriptions[record.channelID]?.accept(seq: record.seq, frame: frame) {
-                    enqueue(released, to: connection, live: true)
-                    delivered += 1
-                } else if connection.pendingLiveBytes > configuration.outgoingQueueBytes {
-                    closeSlowConsumer(connection)   // held during a replay it cannot finish
-                }
-            }
-            metrics.delivered(delivered)
-            metrics.frameOut("event.message", count: delivered)
-
-        case .key(let record, let copies):
-            for id in channelSubscribers[record.channelID] ?? [] {
-                guard let connection = connections[id], let user = connection.userID else { continue }
-                var own = record
-                own.encryptedKey = copies[user]
-                enqueue(FrameBuffer(Event.key(own).encode()), to: connection, live: true)
-                metrics.frameOut("event.key")
-            }
-
-        case .member(let event, _):
-            let frame = FrameBuffer(Event.member(event).encode())
-            let targets = (channelSubscribers[event.channelID] ?? []).union(userConnections[event.userID] ?? [])
-            for id in targets {
-                guard let connection = connections[id] else { continue }
-                enqueue(frame, to: connection, live: true)
-                metrics.frameOut("event.member")
-            }
-            if event.action == .removed {
-                // Nothing of the channel reaches the removed user afterwards.
-                for id in userConnections[event.userID] ?? [] {
-                    if let connection = connections[id] { endSubscription(connection, channel: event.channelID) }
-                }
-            }
+        case .message, .key, .member:
+            localCommit(effect)
         }
     }
 
@@ -237,7 +206,7 @@ extension Relay {
         for entry in request.channels where replaced[entry.channelID] == nil {
             replaced[entry.channelID] = .some(connection.subscriptions[entry.channelID])
             connection.subscriptions[entry.channelID] = Subscription(generation: generation)
-            channelSubscribers[entry.channelID, default: []].insert(connection.id)
+            addSubscriber(connection.id, channel: entry.channelID)
         }
         pendingSubscribes[connection.id, default: [:]][id] = replaced
 
@@ -278,6 +247,7 @@ extension Relay {
             send(ResultFrame(re: requestID, response: .subscribe(.init(channels: starts.map {
                 .init(channelID: $0.channelID, lastSeq: $0.lastSeq, recovered: $0.recovered)
             }))), to: connection)
+            for start in starts { feedStarted(start) }
             for start in starts {
                 guard var subscription = connection.subscriptions[start.channelID],
                       subscription.generation == generation else { continue }
@@ -360,7 +330,6 @@ extension Relay {
 
     func endSubscription(_ connection: Connection, channel: ID) {
         guard connection.subscriptions.removeValue(forKey: channel) != nil else { return }
-        channelSubscribers[channel]?.remove(connection.id)
-        if channelSubscribers[channel]?.isEmpty == true { channelSubscribers.removeValue(forKey: channel) }
+        removeSubscriber(connection.id, channel: channel)
     }
 }

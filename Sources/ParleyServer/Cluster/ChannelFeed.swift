@@ -1,0 +1,151 @@
+import ParleyProtocol
+
+/// One channel's committed events, put in commit order for this node's subscribers.
+///
+/// With several nodes, a channel's commits reach a node by two roads: its own commits
+/// straight from its database workers, the other nodes' through the LISTEN connection
+/// (`ClusterListener`). The two interleave in any order, so every message, key record and
+/// membership change of a channel with local subscribers passes through its feed, which
+/// releases messages strictly by seq — `head + 1` next, never past a gap — and key records
+/// and membership changes right after the message they committed behind (`atSeq`). A
+/// gap that no road fills soon is read from the tables (`missing`); the relay does that.
+///
+/// Service thread only; a value type so the ordering is tested without sockets.
+struct ChannelFeed {
+    /// A committed event of the channel.
+    enum Item {
+        /// `remote`: committed by another node (read from the tables here).
+        case message(MessageRecord, remote: Bool)
+        case key(KeyRecord, copies: [ID: [UInt8]])
+        case member(Event.Member, members: [ID])
+    }
+
+    /// The highest seq released; nil until the first subscription tells where the
+    /// channel stood (`start`). Until then everything is kept.
+    private(set) var head: Int?
+    /// The highest seq known to be committed: a gap while above `head`.
+    private(set) var known = 0
+    /// Messages above `head` not yet released, by seq.
+    private var messages: [Int: (record: MessageRecord, remote: Bool)] = [:]
+    /// Key records and membership changes not yet released, in arrival order.
+    private var extras: [(atSeq: Int, item: Item)] = []
+    /// The newest key record and membership version released or read at a start, so a
+    /// catch-up after a LISTEN outage can tell what this node missed.
+    private(set) var keyID: ID?
+    private(set) var membershipVersion = 0
+
+    /// Tells this feed apart from an earlier one of the same channel (a read's answer
+    /// for that one must not clear `fetchInFlight` here).
+    let epoch: UInt64
+    /// A read of the tables for the gap is under way.
+    var fetchInFlight = false
+    /// When the current gap was first seen (monotonic seconds), nil without a gap.
+    private(set) var gapSince: Double?
+    /// The gap is known to have no other road (found by a catch-up): read it at once.
+    var urgent = false
+
+    init(epoch: UInt64) {
+        self.epoch = epoch
+    }
+
+    /// A message committed here or elsewhere. Returns false when it was already released.
+    @discardableResult
+    mutating func add(_ record: MessageRecord, remote: Bool = false, now: Double) -> Bool {
+        if let head, record.seq <= head { return false }
+        if messages[record.seq]?.remote == false { return false }
+        messages[record.seq] = (record, remote)
+        learn(record.seq, now: now)
+        return true
+    }
+
+    /// A key record or membership change that committed behind message `atSeq`.
+    mutating func add(_ item: Item, atSeq: Int, now: Double) {
+        extras.append((atSeq, item))
+        learn(atSeq, now: now)
+    }
+
+    /// The channel has at least `seq` messages (an announcement, a catch-up, a subscription's start).
+    mutating func learn(_ seq: Int, now: Double) {
+        known = max(known, seq)
+        noteGap(now: now)
+    }
+
+    /// Where the channel stood when a subscription started: the first start fixes `head`
+    /// (everything at or below it is covered by the subscription's own snapshot and
+    /// replay); later ones only teach `known`.
+    mutating func start(lastSeq: Int, keyID: ID?, membershipVersion: Int, now: Double) {
+        if head == nil {
+            head = lastSeq
+            messages = messages.filter { $0.key > lastSeq }
+            self.keyID = keyID
+            self.membershipVersion = membershipVersion
+        }
+        learn(lastSeq, now: now)
+    }
+
+    /// Takes what may go out now, in order: extras whose message is out, then the next
+    /// message, and so on while there is no gap.
+    mutating func release(now: Double) -> [Item] {
+        guard var next = head else { return [] }
+        var out: [Item] = []
+        while true {
+            if extras.contains(where: { $0.atSeq <= next }) {
+                // Stable: the same atSeq keeps arrival order.
+                let due = extras.enumerated().filter { $0.element.atSeq <= next }
+                    .sorted { ($0.element.atSeq, $0.offset) < ($1.element.atSeq, $1.offset) }
+                extras.removeAll { $0.atSeq <= next }
+                for entry in due { out.append(entry.element.item) }
+            }
+            guard let entry = messages.removeValue(forKey: next + 1) else { break }
+            next += 1
+            out.append(.message(entry.record, remote: entry.remote))
+        }
+        head = next
+        for item in out {
+            switch item {
+            case .key(let record, _): keyID = record.keyID
+            case .member(let event, _): membershipVersion = max(membershipVersion, event.membership.version)
+            case .message: break
+            }
+        }
+        noteGap(now: now)
+        return out
+    }
+
+    /// The seqs to read from the tables: everything above `head` up to the highest known.
+    var missing: ClosedRange<Int>? {
+        guard let head, known > head else { return nil }
+        return (head + 1)...known
+    }
+
+    /// Whether a read of the gap should start now: not while one runs; at once when
+    /// urgent (or when the LISTEN connection is down and nothing else will fill it);
+    /// otherwise only after `grace` seconds — an announcement on its way fills most gaps.
+    func shouldFetch(now: Double, grace: Double, listening: Bool) -> Bool {
+        guard missing != nil, !fetchInFlight, let since = gapSince else { return false }
+        return urgent || !listening || now - since >= grace
+    }
+
+    /// Rows of `(after, through]` read from the tables, ascending. Rows missing at the
+    /// start of that range no longer exist (deleted by retention; a read always returns
+    /// its first row): the feed moves past them instead of waiting forever.
+    mutating func filled(_ records: [MessageRecord], after: Int, through: Int, now: Double) {
+        fetchInFlight = false
+        urgent = false
+        let absentThrough = records.first.map { $0.seq - 1 } ?? through
+        if let current = head, absentThrough > current, absentThrough > after {
+            head = absentThrough
+            messages = messages.filter { $0.key > absentThrough }
+        }
+        for record in records { add(record, remote: true, now: now) }
+    }
+
+    private mutating func noteGap(now: Double) {
+        if let head, known > head {
+            if gapSince == nil { gapSince = now }
+        } else {
+            gapSince = nil
+            urgent = false
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import ParleyProtocol
+import ParleyStore
+
+/// What a node reads from the tables to fan out another node's commits: messages by seq
+/// range, a key record with all its wrapped copies, a membership change as `event.member`.
+/// Used by the LISTEN thread and, for gaps and catch-ups, by the database workers.
+enum ClusterQueries {
+    static let messageRanges = PreparedStatement("cluster_message_ranges", """
+        SELECT m.channel_id, m.seq, m.sender_id, m.key_id, m.iv, m.ciphertext, m.ts,
+               (extract(epoch FROM m.received_at) * 1000)::bigint
+        FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r (channel_id, first, last)
+        JOIN messages m ON m.channel_id = r.channel_id AND m.seq BETWEEN r.first AND r.last
+        ORDER BY m.channel_id, m.seq
+        """)
+
+    static let key = PreparedStatement("cluster_key", """
+        SELECT k.id, k.channel_id, k.creator_id, k.previous_key_id, k.membership_version, k.digest, k.sig,
+               \(ChannelSQL.millis("k.created_at")), \(ChannelSQL.millis("k.expires_at")), NULL::bytea
+        FROM channel_keys k WHERE k.id = $1
+        """)
+
+    static let keyCopies = PreparedStatement("cluster_key_copies",
+                                             "SELECT user_id, encrypted_key FROM channel_key_copies WHERE key_id = $1")
+
+    static let statements = PreparedStatement("cluster_statements", """
+        SELECT \(ChannelSQL.statementColumns) FROM membership_statements
+        WHERE channel_id = $1 AND version BETWEEN $2 AND $3 ORDER BY version
+        """)
+
+    /// The state of the watched channels after a LISTEN (re)connect.
+    static let channelStates = PreparedStatement("cluster_channel_states", """
+        SELECT id, last_seq, current_key_id, membership_version FROM channels WHERE id = ANY ($1::uuid[])
+        """)
+
+    /// Membership changes of any channel that began since a moment (a change commits
+    /// within its transaction's lifetime, so a margin before the outage covers them).
+    static let changesSince = PreparedStatement("cluster_changes_since", """
+        SELECT channel_id, version FROM membership_statements
+        WHERE created_at > to_timestamp($1::double precision) ORDER BY created_at, channel_id, version LIMIT 10000
+        """)
+
+    /// Messages of several channels by seq range, ascending per channel.
+    static func messages(_ ranges: [Announcement.Range], on db: PostgresConnection) throws -> [MessageRecord] {
+        guard !ranges.isEmpty else { return [] }
+        return try db.execute(messageRanges, [
+            .array(ranges.map(\.channelID.string)), .integerArray(ranges.map(\.first)),
+            .integerArray(ranges.map(\.last)),
+        ]).rows.map { row in
+            MessageRecord(channelID: try row.id(0), seq: try row.int(1), senderID: try row.id(2), keyID: try row.id(3),
+                          iv: try row.bytes(4), ciphertext: try row.bytes(5), ts: try row.int(6),
+                          receivedAt: try row.int(7))
+        }
+    }
+
+    /// A key record and every member's wrapped copy; nil when it does not exist.
+    static func key(_ keyID: ID, on db: PostgresConnection) throws -> (KeyRecord, copies: [ID: [UInt8]])? {
+        guard let row = try db.execute(key, [.id(keyID)]).first else { return nil }
+        let record = try Handler.keyRecord(row)
+        var copies: [ID: [UInt8]] = [:]
+        for copy in try db.execute(keyCopies, [.id(keyID)]).rows {
+            copies[try copy.id(0)] = try copy.bytes(1)
+        }
+        return (record, copies)
+    }
+
+    /// The `event.member`s of membership version `version`, as the committing node sent
+    /// them: for a creation (version 1) one per member but its signer; otherwise one for
+    /// the member that joined or left, `by` being who asked (`by`, when the announcement
+    /// said) or the statement's signer.
+    static func memberEvents(channelID: ID, version: Int, userID: ID?, action: Event.Member.Action?, by: ID?,
+                             on db: PostgresConnection) throws -> [(Event.Member, members: [ID])] {
+        let statements = try db.execute(statements, [.id(channelID), .int(max(1, version - 1)), .int(version)])
+            .rows.map(Handler.statementRow)
+        guard let statement = statements.last, statement.version == version else { return [] }
+        if version == 1 {
+            let creator = by ?? statement.signerID
+            return statement.members.filter { $0 != creator }.map {
+                (Event.Member(channelID: channelID, userID: $0, action: .added, by: creator, membership: statement),
+                 statement.members)
+            }
+        }
+        let before = Set(statements.first { $0.version == version - 1 }?.members ?? [])
+        let after = Set(statement.members)
+        let change: (ID, Event.Member.Action)?
+        if let userID, let action {
+            change = (userID, action)
+        } else if let added = after.subtracting(before).first {
+            change = (added, .added)
+        } else if let removed = before.subtracting(after).first {
+            change = (removed, .removed)
+        } else {
+            change = nil
+        }
+        guard let (user, kind) = change else { return [] }
+        return [(Event.Member(channelID: channelID, userID: user, action: kind, by: by ?? statement.signerID,
+                              membership: statement), statement.members)]
+    }
+}
