@@ -39,8 +39,10 @@ struct ChannelFeed {
     let epoch: UInt64
     /// A read of the tables for the gap is under way.
     var fetchInFlight = false
-    /// When the current gap was first seen (monotonic seconds), nil without a gap.
+    /// Since when `head` has been stuck below `known` (seconds), nil without a gap. A
+    /// feed that keeps moving has no stale gap, however busy the channel.
     private(set) var gapSince: Double?
+    private var gapHead = 0
     /// The gap is known to have no other road (found by a catch-up): read it at once.
     var urgent = false
 
@@ -60,6 +62,14 @@ struct ChannelFeed {
 
     /// A key record or membership change that committed behind message `atSeq`.
     mutating func add(_ item: Item, atSeq: Int, now: Double) {
+        if case .key(let record, _) = item {
+            // A catch-up may read a key record that is already here or already out.
+            let pending = extras.contains {
+                if case .key(let other, _) = $0.item { return other.keyID == record.keyID }
+                return false
+            }
+            guard !pending, record.keyID != keyID else { return }
+        }
         extras.append((atSeq, item))
         learn(atSeq, now: now)
     }
@@ -142,7 +152,10 @@ struct ChannelFeed {
 
     private mutating func noteGap(now: Double) {
         if let head, known > head {
-            if gapSince == nil { gapSince = now }
+            if gapSince == nil || gapHead != head {
+                gapSince = now
+                gapHead = head
+            }
         } else {
             gapSince = nil
             urgent = false

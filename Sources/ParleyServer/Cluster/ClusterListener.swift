@@ -23,8 +23,9 @@ enum ClusterEvent: Sendable {
     case listening(Bool)
     /// Announced commits of other nodes, in commit order.
     case remote([Remote])
-    /// The watched channels' state after a (re)connect: what was missed is read by seq.
-    case caughtUp([ChannelState])
+    /// The watched channels' state: after a (re)connect (`urgent`: what was missed is read
+    /// by seq at once), and every few seconds as a check that no announcement went missing.
+    case caughtUp([ChannelState], urgent: Bool)
     /// A quarter second passed: gaps that no announcement filled are read from the tables.
     case tick
 }
@@ -43,6 +44,10 @@ final class ClusterListener: @unchecked Sendable {
     static let applicationName = "parley-listen"
     /// How often the service thread gets a `tick`.
     static let tickInterval = 0.25
+    /// How often the watched channels' `last_seq` is compared with what was announced
+    /// (a commit whose announcement never came — say, from a node of an older release —
+    /// is read after at most this long).
+    static let reconcileInterval = 5.0
 
     private let connectionString: String
     private let nodeID: ID
@@ -97,6 +102,7 @@ final class ClusterListener: @unchecked Sendable {
         var lostAt: Date?
         var backoff = 0.1
         var lastTick = Date()
+        var lastReconcile = Date()
         while !isStopping {
             if Date().timeIntervalSince(lastTick) >= Self.tickInterval {
                 lastTick = Date()
@@ -129,6 +135,11 @@ final class ClusterListener: @unchecked Sendable {
             do {
                 let received = try listening.notifications(timeout: 0.1)
                 if !received.isEmpty { try handle(received, on: listening) }
+                if Date().timeIntervalSince(lastReconcile) >= Self.reconcileInterval {
+                    lastReconcile = Date()
+                    let states = try channelStates(on: listening)
+                    if !states.isEmpty { completions.push(.cluster(.caughtUp(states, urgent: false))) }
+                }
                 // A query that had to reconnect on the way lost the LISTEN.
                 guard listening.generation == generation else {
                     throw StoreError(.connectionFailed, detail: "reconnected without LISTEN")
@@ -198,17 +209,20 @@ final class ClusterListener: @unchecked Sendable {
         if !remote.isEmpty { completions.push(.cluster(.remote(remote))) }
     }
 
+    /// Where each watched channel stands now.
+    private func channelStates(on db: PostgresConnection) throws -> [ClusterEvent.ChannelState] {
+        let watched = lock.withLock { self.watched }
+        guard !watched.isEmpty else { return [] }
+        return try db.execute(ClusterQueries.channelStates, [.array(watched.map(\.string))]).rows.map { row in
+            ClusterEvent.ChannelState(channelID: try row.id(0), lastSeq: try row.int(1),
+                                      keyID: try row.optionalID(2), membershipVersion: try row.int(3))
+        }
+    }
+
     /// After LISTEN: where each watched channel stands, and (after an outage) every
     /// membership change since a margin before the connection was lost.
     private func catchUp(on db: PostgresConnection, since lostAt: Date?) throws {
-        let watched = lock.withLock { self.watched }
-        var states: [ClusterEvent.ChannelState] = []
-        if !watched.isEmpty {
-            states = try db.execute(ClusterQueries.channelStates, [.array(watched.map(\.string))]).rows.map { row in
-                ClusterEvent.ChannelState(channelID: try row.id(0), lastSeq: try row.int(1),
-                                          keyID: try row.optionalID(2), membershipVersion: try row.int(3))
-            }
-        }
+        let states = try channelStates(on: db)
         var remote: [ClusterEvent.Remote] = []
         if let lostAt {
             let since = lostAt.timeIntervalSince1970 - 10
@@ -221,7 +235,7 @@ final class ClusterListener: @unchecked Sendable {
                 }
             }
         }
-        completions.push(.cluster(.caughtUp(states)))
+        completions.push(.cluster(.caughtUp(states, urgent: true)))
         if !remote.isEmpty { completions.push(.cluster(.remote(remote))) }
     }
 }

@@ -66,12 +66,13 @@ extension Relay {
             if !up { fetchGaps(now: now) }
         case .tick:
             fetchGaps(now: now)
-        case .caughtUp(let states):
+        case .caughtUp(let states, let urgent):
             for state in states {
                 guard var feed = feeds[state.channelID] else { continue }
                 feed.learn(state.lastSeq, now: now)
-                if feed.missing != nil { feed.urgent = true }
-                let keyMissed = feed.head != nil && state.keyID != nil && state.keyID != feed.keyID
+                if urgent && feed.missing != nil { feed.urgent = true }
+                // Only after an outage: otherwise the key's own announcement is on its way.
+                let keyMissed = urgent && feed.head != nil && state.keyID != nil && state.keyID != feed.keyID
                 feeds[state.channelID] = feed
                 if keyMissed, let keyID = state.keyID { readKey(keyID, channel: state.channelID, atSeq: state.lastSeq) }
             }
