@@ -10,6 +10,11 @@
 -- subscribers are served straight from the commit). `<at_seq>` is the channel's last_seq
 -- when the record committed: a listener delivers it after that message and before the next.
 
+-- Where each membership change sits among the channel's messages (the channel's last_seq
+-- when it committed), so a node that reads it late still sends it in its place. Null for
+-- changes stored before this migration.
+ALTER TABLE membership_statements ADD COLUMN at_seq bigint;
+
 -- A batch's stored sends, one item per channel (a batch's seqs of one channel are
 -- consecutive: it holds the channel's row lock until it commits); several notifications
 -- when the items would pass NOTIFY's 8000-byte payload limit.
@@ -36,12 +41,15 @@ END;
 $$;
 
 -- parley_send_messages (0003) with the announcement of what it stored, in the same
--- statement and so the same transaction. The 10-argument form stays for nodes of the
--- previous version during a rolling upgrade.
+-- statement and so the same transaction, and each stored send's membership version (read
+-- under the channel's row lock the batch holds, so it is the one in force at the commit):
+-- a node holds a message back until it has sent the membership changes before it. The
+-- 10-argument form stays for nodes of the previous version during a rolling upgrade.
 CREATE FUNCTION parley_send_messages(
     p_node uuid, p_channel uuid[], p_sender uuid[], p_client_msg uuid[], p_key uuid[], p_iv bytea[],
     p_ciphertext bytea[], p_ts bigint[], p_now_s bigint, p_window bigint, p_max_bytes integer)
-RETURNS TABLE (ord integer, outcome text, seq bigint, received_ms bigint, first_channel uuid, current_key uuid)
+RETURNS TABLE (ord integer, outcome text, seq bigint, received_ms bigint, first_channel uuid, current_key uuid,
+               membership_version integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_row record;
@@ -53,8 +61,9 @@ BEGIN
                                            p_ts, p_now_s, p_window, p_max_bytes)
     LOOP
         ord := v_row.ord; outcome := v_row.outcome; seq := v_row.seq; received_ms := v_row.received_ms;
-        first_channel := v_row.first_channel; current_key := v_row.current_key;
+        first_channel := v_row.first_channel; current_key := v_row.current_key; membership_version := NULL;
         IF v_row.outcome = 'stored' THEN
+            SELECT c.membership_version INTO membership_version FROM channels c WHERE c.id = p_channel[v_row.ord];
             v_channels := v_channels || p_channel[v_row.ord];
             v_seqs := v_seqs || v_row.seq;
         END IF;

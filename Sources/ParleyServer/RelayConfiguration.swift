@@ -116,8 +116,9 @@ public enum Effect: Sendable {
     /// The session ended: this connection becomes unauthenticated (its subscriptions end),
     /// every other connection of the session is closed with 4001.
     case loggedOut(sessionHash: [UInt8])
-    /// A committed message: fan out `event.message` to the channel's subscribers.
-    case message(MessageRecord)
+    /// A committed message: fan out `event.message` to the channel's subscribers, once
+    /// every membership change up to `membershipVersion` (in force at the commit) is out.
+    case message(MessageRecord, membershipVersion: Int?)
     /// A committed key record: fan out `event.key`, each subscribed member with its own
     /// copy (`copies[user]`), the record's `encryptedKey` being ignored. `atSeq` is the
     /// channel's last_seq at the commit: the event goes out after that message.

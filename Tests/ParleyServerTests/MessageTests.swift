@@ -39,7 +39,7 @@ final class MessageTests: XCTestCase {
             XCTAssertEqual(try row.int(3), request.ts)
 
             XCTAssertEqual(outcome.effects.count, 1)
-            guard case .message(let record)? = outcome.effects.first else {
+            guard case .message(let record, _)? = outcome.effects.first else {
                 return XCTFail("expected a message effect")
             }
             XCTAssertEqual(record, MessageRecord(
@@ -299,7 +299,7 @@ final class MessageTests: XCTestCase {
                 do {
                     let result = try messageResult(outcome)
                     seqs.append(result.seq)
-                    guard case .message(let record)? = outcome.effects.first, record.seq == result.seq else {
+                    guard case .message(let record, _)? = outcome.effects.first, record.seq == result.seq else {
                         failures.append("effect does not match reply")
                         continue
                     }

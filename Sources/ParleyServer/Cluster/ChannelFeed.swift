@@ -26,7 +26,7 @@ struct ChannelFeed {
     /// The highest seq known to be committed: a gap while above `head`.
     private(set) var known = 0
     /// Messages above `head` not yet released, by seq.
-    private var messages: [Int: (record: MessageRecord, remote: Bool)] = [:]
+    private var messages: [Int: (record: MessageRecord, remote: Bool, membershipVersion: Int?)] = [:]
     /// Key records and membership changes not yet released, in arrival order.
     private var extras: [(atSeq: Int, item: Item)] = []
     /// The newest key record and membership version released or read at a start, so a
@@ -50,12 +50,21 @@ struct ChannelFeed {
         self.epoch = epoch
     }
 
-    /// A message committed here or elsewhere. Returns false when it was already released.
+    /// Set while the next message waits for membership changes before it that have not
+    /// arrived (`membershipVersion` below the one the message committed under): the
+    /// versions to read if they do not come within the grace.
+    private(set) var fence: ClosedRange<Int>?
+    private(set) var fenceSince: Double?
+    var fenceReadInFlight = false
+
+    /// A message committed here or elsewhere; `membershipVersion` is the channel's at the
+    /// commit when known (this node's commits). Returns false when it was already released.
     @discardableResult
-    mutating func add(_ record: MessageRecord, remote: Bool = false, now: Double) -> Bool {
+    mutating func add(_ record: MessageRecord, remote: Bool = false, membershipVersion: Int? = nil,
+                      now: Double) -> Bool {
         if let head, record.seq <= head { return false }
         if messages[record.seq]?.remote == false { return false }
-        messages[record.seq] = (record, remote)
+        messages[record.seq] = (record, remote, membershipVersion)
         learn(record.seq, now: now)
         return true
     }
@@ -98,33 +107,59 @@ struct ChannelFeed {
     mutating func release(now: Double) -> [Item] {
         guard var next = head else { return [] }
         var out: [Item] = []
+        var held: Int?
         while true {
             if extras.contains(where: { $0.atSeq <= next }) {
                 // Stable: the same atSeq keeps arrival order.
                 let due = extras.enumerated().filter { $0.element.atSeq <= next }
                     .sorted { ($0.element.atSeq, $0.offset) < ($1.element.atSeq, $1.offset) }
                 extras.removeAll { $0.atSeq <= next }
-                for entry in due { out.append(entry.element.item) }
+                for entry in due {
+                    switch entry.element.item {
+                    case .key(let record, _): keyID = record.keyID
+                    case .member(let event, _): membershipVersion = max(membershipVersion, event.membership.version)
+                    case .message: break
+                    }
+                    out.append(entry.element.item)
+                }
             }
-            guard let entry = messages.removeValue(forKey: next + 1) else { break }
+            guard let entry = messages[next + 1] else { break }
+            if let version = entry.membershipVersion, version > membershipVersion {
+                held = version
+                break
+            }
+            messages.removeValue(forKey: next + 1)
             next += 1
             out.append(.message(entry.record, remote: entry.remote))
         }
         head = next
-        for item in out {
-            switch item {
-            case .key(let record, _): keyID = record.keyID
-            case .member(let event, _): membershipVersion = max(membershipVersion, event.membership.version)
-            case .message: break
-            }
+        if let held {
+            if fence?.upperBound != held || fenceSince == nil { fenceSince = now }
+            fence = (membershipVersion + 1)...held
+        } else {
+            fence = nil
+            fenceSince = nil
         }
         noteGap(now: now)
         return out
     }
 
+    /// The changes the fence waits for do not exist (a read found none): let the message go.
+    mutating func passFence() {
+        if let fence { membershipVersion = max(membershipVersion, fence.upperBound) }
+    }
+
+    /// Whether to read the membership changes the next message waits for: after `grace`
+    /// seconds without their announcement, one read at a time.
+    func shouldReadFence(now: Double, grace: Double) -> Bool {
+        guard fence != nil, !fenceReadInFlight, let since = fenceSince else { return false }
+        return now - since >= grace
+    }
+
     /// The seqs to read from the tables: everything above `head` up to the highest known.
+    /// Nil while the next message is here (perhaps held by the fence).
     var missing: ClosedRange<Int>? {
-        guard let head, known > head else { return nil }
+        guard let head, known > head, messages[head + 1] == nil else { return nil }
         return (head + 1)...known
     }
 
@@ -151,7 +186,7 @@ struct ChannelFeed {
     }
 
     private mutating func noteGap(now: Double) {
-        if let head, known > head {
+        if let head, missing != nil {
             if gapSince == nil || gapHead != head {
                 gapSince = now
                 gapHead = head

@@ -229,9 +229,10 @@ final class ClusterListener: @unchecked Sendable {
             let lastSeq = Dictionary(states.map { ($0.channelID, $0.lastSeq) }, uniquingKeysWith: { first, _ in first })
             for row in try db.execute(ClusterQueries.changesSince, [.text(String(format: "%.3f", since))]).rows {
                 let channelID = try row.id(0)
+                let atSeq = try row.isNull(2) ? lastSeq[channelID] ?? 0 : try row.int(2)
                 for (event, members) in try ClusterQueries.memberEvents(
                     channelID: channelID, version: try row.int(1), userID: nil, action: nil, by: nil, on: db) {
-                    remote.append(.member(event, members: members, atSeq: lastSeq[channelID] ?? 0))
+                    remote.append(.member(event, members: members, atSeq: atSeq))
                 }
             }
         }

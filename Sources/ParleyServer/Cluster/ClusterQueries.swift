@@ -28,6 +28,11 @@ enum ClusterQueries {
         WHERE channel_id = $1 AND version BETWEEN $2 AND $3 ORDER BY version
         """)
 
+    static let changes = PreparedStatement("cluster_changes", """
+        SELECT \(ChannelSQL.statementColumns), at_seq FROM membership_statements
+        WHERE channel_id = $1 AND version BETWEEN $2 AND $3 ORDER BY version
+        """)
+
     /// The state of the watched channels after a LISTEN (re)connect.
     static let channelStates = PreparedStatement("cluster_channel_states", """
         SELECT id, last_seq, current_key_id, membership_version FROM channels WHERE id = ANY ($1::uuid[])
@@ -36,7 +41,7 @@ enum ClusterQueries {
     /// Membership changes of any channel that began since a moment (a change commits
     /// within its transaction's lifetime, so a margin before the outage covers them).
     static let changesSince = PreparedStatement("cluster_changes_since", """
-        SELECT channel_id, version FROM membership_statements
+        SELECT channel_id, version, at_seq FROM membership_statements
         WHERE created_at > to_timestamp($1::double precision) ORDER BY created_at, channel_id, version LIMIT 10000
         """)
 
@@ -64,6 +69,27 @@ enum ClusterQueries {
         return (record, copies)
     }
 
+    /// The `event.member`s of versions `after + 1 ... through` of a channel, each with where
+    /// it sits among the messages (its `at_seq`; nil for changes stored before migration
+    /// 0004). `by` is the statement's signer.
+    static func changes(channelID: ID, after: Int, through: Int,
+                        on db: PostgresConnection) throws -> [(Event.Member, members: [ID], atSeq: Int?)] {
+        guard through > after else { return [] }
+        var previous: MembershipStatement?
+        var events: [(Event.Member, members: [ID], atSeq: Int?)] = []
+        for row in try db.execute(changes, [.id(channelID), .int(max(1, after)), .int(through)]).rows {
+            let statement = try Handler.statementRow(row)
+            let atSeq = try row.isNull(7) ? nil : try row.int(7)
+            defer { previous = statement }
+            guard statement.version > after else { continue }
+            for event in memberEvents(channelID: channelID, statement: statement, previous: previous,
+                                      userID: nil, action: nil, by: nil) {
+                events.append((event, statement.members, atSeq))
+            }
+        }
+        return events
+    }
+
     /// The `event.member`s of membership version `version`, as the committing node sent
     /// them: for a creation (version 1) one per member but its signer; otherwise one for
     /// the member that joined or left, `by` being who asked (`by`, when the announcement
@@ -73,14 +99,21 @@ enum ClusterQueries {
         let statements = try db.execute(statements, [.id(channelID), .int(max(1, version - 1)), .int(version)])
             .rows.map(Handler.statementRow)
         guard let statement = statements.last, statement.version == version else { return [] }
-        if version == 1 {
+        return memberEvents(channelID: channelID, statement: statement,
+                            previous: statements.first { $0.version == version - 1 },
+                            userID: userID, action: action, by: by).map { ($0, statement.members) }
+    }
+
+    /// The events of one statement given the one before it (nil for version 1).
+    private static func memberEvents(channelID: ID, statement: MembershipStatement, previous: MembershipStatement?,
+                                     userID: ID?, action: Event.Member.Action?, by: ID?) -> [Event.Member] {
+        if statement.version == 1 {
             let creator = by ?? statement.signerID
             return statement.members.filter { $0 != creator }.map {
-                (Event.Member(channelID: channelID, userID: $0, action: .added, by: creator, membership: statement),
-                 statement.members)
+                Event.Member(channelID: channelID, userID: $0, action: .added, by: creator, membership: statement)
             }
         }
-        let before = Set(statements.first { $0.version == version - 1 }?.members ?? [])
+        let before = Set(previous?.members ?? [])
         let after = Set(statement.members)
         let change: (ID, Event.Member.Action)?
         if let userID, let action {
@@ -93,7 +126,7 @@ enum ClusterQueries {
             change = nil
         }
         guard let (user, kind) = change else { return [] }
-        return [(Event.Member(channelID: channelID, userID: user, action: kind, by: by ?? statement.signerID,
-                              membership: statement), statement.members)]
+        return [Event.Member(channelID: channelID, userID: user, action: kind, by: by ?? statement.signerID,
+                             membership: statement)]
     }
 }

@@ -51,8 +51,9 @@ enum ChannelSQL {
         """)
 
     static let insertStatement = PreparedStatement("chm_insert_statement", """
-        INSERT INTO membership_statements (channel_id, version, prev, ts, owner_id, members, signer_id, sig, text_hash)
-        VALUES ($1, $2, $3, $4, $5, $6::uuid[], $7, $8, $9)
+        INSERT INTO membership_statements (channel_id, version, prev, ts, owner_id, members, signer_id, sig, text_hash,
+                                           at_seq)
+        VALUES ($1, $2, $3, $4, $5, $6::uuid[], $7, $8, $9, $10)
         """)
 
     static let insertFirstMembers = PreparedStatement("chm_insert_first_members", """
@@ -127,7 +128,7 @@ extension Handler {
                 // Rolled back with the transaction: a refused create leaves the id unused.
                 throw error(.badRequest, "channel_id is already used")
             }
-            try insert(statement, channelID: request.channelID)
+            try insert(statement, channelID: request.channelID, atSeq: 0)
             try db.execute(ChannelSQL.insertFirstMembers, [
                 .id(request.channelID), .id(accepted.owner), .array(statement.members.map(\.string)),
             ])
@@ -203,7 +204,7 @@ extension Handler {
                     throw error(.notFound, "no such user")
                 }
             }
-            try insert(statement, channelID: channelID)
+            try insert(statement, channelID: channelID, atSeq: try channel.int(3))
             try db.execute(ChannelSQL.updateChannelMembership, [
                 .id(channelID), .int(statement.version), .id(accepted.owner), .boolean(accepted.closesChannel),
             ])
@@ -254,12 +255,13 @@ extension Handler {
     }
 
     /// Stores a statement with exactly the §5 fields, and the hash its successor's `prev` names.
-    private func insert(_ statement: MembershipStatement, channelID: ID) throws {
+    /// `atSeq`: the channel's last_seq now (under its row lock).
+    private func insert(_ statement: MembershipStatement, channelID: ID, atSeq: Int) throws {
         let textHash = SHA256.hash(statement.signedText(channelID: channelID))
         try db.execute(ChannelSQL.insertStatement, [
             .id(channelID), .int(statement.version), .bytes(statement.prev), .int(statement.ts),
             .id(statement.ownerID), .array(statement.members.sorted().map(\.string)), .id(statement.signerID),
-            .bytes(statement.sig), .bytes(textHash),
+            .bytes(statement.sig), .bytes(textHash), .int(atSeq),
         ])
     }
 

@@ -37,7 +37,7 @@ public struct MessageSend: Sendable {
 extension RelayService {
     /// The form that also announces the stored messages to other nodes (migration 0004).
     static let sendMessagesQuery = PreparedStatement("send_messages", """
-        SELECT ord, outcome, seq, received_ms, first_channel, current_key
+        SELECT ord, outcome, seq, received_ms, first_channel, current_key, membership_version
         FROM parley_send_messages($11::uuid, $1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bytea[],
                                   $6::bytea[], $7::bigint[], $8::bigint, $9::bigint, $10::integer)
         """)
@@ -119,7 +119,7 @@ extension Handler {
                 iv: request.iv, ciphertext: request.ciphertext, ts: request.ts, receivedAt: receivedAt)
             return ok(.message(Response.Message(channelID: request.channelID, seq: seq, receivedAt: receivedAt,
                                                 duplicate: false)),
-                      effects: [.message(record)])
+                      effects: [.message(record, membershipVersion: try row.optionalInt64(6).map { Int($0) })])
         case "duplicate":
             return duplicateReply(FirstSend(channelID: try row.id(4), seq: try row.int(2), receivedAt: try row.int(3)),
                                   request)

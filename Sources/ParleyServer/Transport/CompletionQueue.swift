@@ -17,6 +17,8 @@ enum Completion: Sendable {
     /// key record a catch-up found missing.
     case feedFilled(channel: ID, epoch: UInt64, after: Int, through: Int, Result<[MessageRecord], ErrorFrame>)
     case feedKey(channel: ID, (KeyRecord, copies: [ID: [UInt8]], atSeq: Int)?)
+    /// The membership changes a held message waits for (nil: the read failed).
+    case feedMembers(channel: ID, epoch: UInt64, [(Event.Member, members: [ID], atSeq: Int?)]?)
 }
 
 /// Worker threads push completions here and wake the lws loop with `lws_cancel_service`;

@@ -42,10 +42,10 @@ extension Relay {
     func localCommit(_ effect: Effect) {
         let now = Self.now
         switch effect {
-        case .message(let record):
+        case .message(let record, let membershipVersion):
             metrics.messageStored()
             guard feeds[record.channelID] != nil else { return }
-            feeds[record.channelID]!.add(record, now: now)
+            feeds[record.channelID]!.add(record, membershipVersion: membershipVersion, now: now)
             releaseFeed(record.channelID)
         case .key(let record, let copies, let atSeq):
             guard feeds[record.channelID] != nil else { return }
@@ -141,14 +141,45 @@ extension Relay {
         if feeds[channel]?.shouldFetch(now: Self.now, grace: Self.gapGrace, listening: listening) == true {
             fetchGap(channel)
         }
+        if feeds[channel]?.shouldReadFence(now: Self.now, grace: Self.gapGrace) == true { readFence(channel) }
     }
 
     // MARK: Gaps
 
     private func fetchGaps(now: Double) {
-        for (channel, feed) in feeds where feed.shouldFetch(now: now, grace: Self.gapGrace, listening: listening) {
-            fetchGap(channel)
+        for (channel, feed) in feeds {
+            if feed.shouldFetch(now: now, grace: Self.gapGrace, listening: listening) { fetchGap(channel) }
+            if feed.shouldReadFence(now: now, grace: Self.gapGrace) { readFence(channel) }
         }
+    }
+
+    /// Reads the membership changes a held message waits for, when their announcement did
+    /// not come: they go out in their place (their `at_seq`), then the message.
+    private func readFence(_ channel: ID) {
+        guard var feed = feeds[channel], let versions = feed.fence, !feed.fenceReadInFlight else { return }
+        feed.fenceReadInFlight = true
+        feeds[channel] = feed
+        let epoch = feed.epoch, completions = self.completions
+        outstandingJobs += 1
+        workers.submit(key: "feed-\(channel.string)") { database in
+            let changes = database.flatMap {
+                try? ClusterQueries.changes(channelID: channel, after: versions.lowerBound - 1,
+                                            through: versions.upperBound, on: $0)
+            }
+            completions.push(.feedMembers(channel: channel, epoch: epoch, changes))
+        }
+    }
+
+    func feedMembersArrived(_ channel: ID, epoch: UInt64, _ changes: [(Event.Member, members: [ID], atSeq: Int?)]?) {
+        guard let feed = feeds[channel], feed.epoch == epoch else { return }
+        feeds[channel]!.fenceReadInFlight = false
+        if let changes, changes.isEmpty { feeds[channel]!.passFence() }
+        let now = Self.now
+        for (event, members, atSeq) in changes ?? [] {
+            // The message waiting is at head + 1: a change without at_seq goes right before it.
+            routeMember(event, members: members, atSeq: min(atSeq ?? feed.head ?? 0, feed.head ?? 0), now: now)
+        }
+        releaseFeed(channel)
     }
 
     /// Reads a feed's gap from the tables on a worker.

@@ -152,6 +152,8 @@ extension Relay {
                 feedFilled(channel, epoch: epoch, after: after, through: through, result: result)
             case .feedKey(let channel, let found):
                 feedKeyArrived(channel, found)
+            case .feedMembers(let channel, let epoch, let changes):
+                feedMembersArrived(channel, epoch: epoch, changes)
             }
         }
     }
