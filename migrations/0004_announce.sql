@@ -10,10 +10,11 @@
 -- subscribers are served straight from the commit). `<at_seq>` is the channel's last_seq
 -- when the record committed: a listener delivers it after that message and before the next.
 
--- Where each membership change sits among the channel's messages (the channel's last_seq
+-- Where each membership change and key record sits among the channel's messages (the channel's last_seq
 -- when it committed), so a node that reads it late still sends it in its place. Null for
 -- changes stored before this migration.
 ALTER TABLE membership_statements ADD COLUMN at_seq bigint;
+ALTER TABLE channel_keys ADD COLUMN at_seq bigint;
 
 -- A batch's stored sends, one item per channel (a batch's seqs of one channel are
 -- consecutive: it holds the channel's row lock until it commits); several notifications

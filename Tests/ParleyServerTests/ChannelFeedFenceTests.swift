@@ -77,3 +77,60 @@ final class ChannelFeedFenceTests: XCTestCase {
         XCTAssertEqual(seqs(feed.release(now: 0)), ["m1"])
     }
 }
+
+/// The key fence: every message is sealed with the newest key at its commit, so a message
+/// whose key this feed has not released waits for that key record.
+final class ChannelFeedKeyFenceTests: XCTestCase {
+    private let channel = ID.random(), owner = ID.random()
+
+    private func message(_ seq: Int, key: ID) -> MessageRecord {
+        MessageRecord(channelID: channel, seq: seq, senderID: owner, keyID: key, iv: Array(repeating: 1, count: 12),
+                      ciphertext: Array(repeating: 2, count: 16), ts: 0, receivedAt: 0)
+    }
+
+    private func key(_ id: ID, previous: ID?) -> ChannelFeed.Item {
+        .key(KeyRecord(keyID: id, channelID: channel, creatorID: owner, previousKeyID: previous, membershipVersion: 1,
+                       digest: Array(repeating: 3, count: 32), sig: [1], createdAt: 0, expiresAt: 1, encryptedKey: nil),
+             copies: [:])
+    }
+
+    private func names(_ items: [ChannelFeed.Item]) -> [String] {
+        items.map {
+            switch $0 {
+            case .message(let record, _): return "m\(record.seq)"
+            case .key(let record, _): return "k\(record.keyID == first ? 1 : 2)"
+            case .member: return "v"
+            }
+        }
+    }
+
+    private let first = ID.random(), second = ID.random()
+
+    func testAMessageUnderAKeyNotYetOutWaitsForIt() {
+        var feed = ChannelFeed(epoch: 1)
+        feed.start(lastSeq: 2, keyID: first, membershipVersion: 1, now: 0)
+        feed.add(message(3, key: first), now: 0)
+        XCTAssertEqual(names(feed.release(now: 0)), ["m3"])
+
+        // Committed here right after another node's rotation (at seq 3) was stored.
+        feed.add(message(4, key: second), now: 1)
+        XCTAssertEqual(names(feed.release(now: 1)), [])
+        XCTAssertEqual(feed.waitingFor, .key(second))
+        XCTAssertTrue(feed.shouldReadFence(now: 1.5, grace: 0.3))
+
+        feed.add(key(second, previous: first), atSeq: 3, now: 1.1)
+        XCTAssertEqual(names(feed.release(now: 1.1)), ["k2", "m4"], "event.key before the first message it seals")
+        XCTAssertNil(feed.waitingFor)
+        XCTAssertEqual(feed.keyID, second)
+    }
+
+    func testAKeyReadTwiceGoesOutOnce() {
+        var feed = ChannelFeed(epoch: 1)
+        feed.start(lastSeq: 0, keyID: nil, membershipVersion: 1, now: 0)
+        feed.add(key(first, previous: nil), atSeq: 0, now: 0)
+        feed.add(key(first, previous: nil), atSeq: 0, now: 0)
+        XCTAssertEqual(names(feed.release(now: 0)), ["k1"])
+        feed.add(key(first, previous: nil), atSeq: 0, now: 0)
+        XCTAssertEqual(names(feed.release(now: 0)), [])
+    }
+}

@@ -50,12 +50,25 @@ struct ChannelFeed {
         self.epoch = epoch
     }
 
-    /// Set while the next message waits for membership changes before it that have not
-    /// arrived (`membershipVersion` below the one the message committed under): the
-    /// versions to read if they do not come within the grace.
-    private(set) var fence: ClosedRange<Int>?
-    private(set) var fenceSince: Double?
-    var fenceReadInFlight = false
+    /// What the next message waits for, when it cannot go out yet: the membership changes
+    /// before it (it committed under a version this feed has not released — say, another
+    /// node's removal not yet announced here), or the key record it is sealed with (every
+    /// message uses the newest key at its commit, so that record committed before it).
+    enum Wait: Equatable {
+        case membership(ClosedRange<Int>)
+        case key(ID)
+    }
+
+    private(set) var waitingFor: Wait?
+    private(set) var waitingSince: Double?
+    /// A read of what the message waits for is under way.
+    var waitReadInFlight = false
+
+    /// The membership versions the next message waits for.
+    var fence: ClosedRange<Int>? {
+        if case .membership(let versions) = waitingFor { return versions }
+        return nil
+    }
 
     /// A message committed here or elsewhere; `membershipVersion` is the channel's at the
     /// commit when known (this node's commits). Returns false when it was already released.
@@ -107,7 +120,7 @@ struct ChannelFeed {
     mutating func release(now: Double) -> [Item] {
         guard var next = head else { return [] }
         var out: [Item] = []
-        var held: Int?
+        var wait: Wait?
         while true {
             if extras.contains(where: { $0.atSeq <= next }) {
                 // Stable: the same atSeq keeps arrival order.
@@ -125,7 +138,11 @@ struct ChannelFeed {
             }
             guard let entry = messages[next + 1] else { break }
             if let version = entry.membershipVersion, version > membershipVersion {
-                held = version
+                wait = .membership((membershipVersion + 1)...version)
+                break
+            }
+            if entry.record.keyID != keyID {
+                wait = .key(entry.record.keyID)
                 break
             }
             messages.removeValue(forKey: next + 1)
@@ -133,26 +150,25 @@ struct ChannelFeed {
             out.append(.message(entry.record, remote: entry.remote))
         }
         head = next
-        if let held {
-            if fence?.upperBound != held || fenceSince == nil { fenceSince = now }
-            fence = (membershipVersion + 1)...held
-        } else {
-            fence = nil
-            fenceSince = nil
-        }
+        if wait != waitingFor || waitingSince == nil { waitingSince = wait == nil ? nil : now }
+        waitingFor = wait
         noteGap(now: now)
         return out
     }
 
-    /// The changes the fence waits for do not exist (a read found none): let the message go.
+    /// What the next message waits for does not exist (a read found nothing): let it go.
     mutating func passFence() {
-        if let fence { membershipVersion = max(membershipVersion, fence.upperBound) }
+        switch waitingFor {
+        case .membership(let versions): membershipVersion = max(membershipVersion, versions.upperBound)
+        case .key(let id): keyID = id
+        case nil: break
+        }
     }
 
-    /// Whether to read the membership changes the next message waits for: after `grace`
-    /// seconds without their announcement, one read at a time.
+    /// Whether to read what the next message waits for: after `grace` seconds without its
+    /// announcement, one read at a time.
     func shouldReadFence(now: Double, grace: Double) -> Bool {
-        guard fence != nil, !fenceReadInFlight, let since = fenceSince else { return false }
+        guard waitingFor != nil, !waitReadInFlight, let since = waitingSince else { return false }
         return now - since >= grace
     }
 

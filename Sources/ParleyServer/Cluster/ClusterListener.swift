@@ -6,7 +6,8 @@ import ParleyStore
 enum ClusterEvent: Sendable {
     /// A committed event another node announced, read from the tables.
     enum Remote: Sendable {
-        case message(MessageRecord)
+        /// With the membership version in force at its commit, when known.
+        case message(MessageRecord, membershipVersion: Int?)
         case key(KeyRecord, copies: [ID: [UInt8]], atSeq: Int)
         case member(Event.Member, members: [ID], atSeq: Int)
     }
@@ -189,7 +190,9 @@ final class ClusterListener: @unchecked Sendable {
                 extras.append(announcement)
             }
         }
-        remote += try ClusterQueries.messages(ranges, on: db).map { .message($0) }
+        remote += try ClusterQueries.messagesWithVersions(ranges, on: db).map {
+            .message($0.record, membershipVersion: $0.membershipVersion)
+        }
         for announcement in extras {
             switch announcement {
             case .key(_, _, let keyID, let atSeq):

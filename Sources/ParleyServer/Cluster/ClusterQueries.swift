@@ -6,17 +6,23 @@ import ParleyStore
 /// range, a key record with all its wrapped copies, a membership change as `event.member`.
 /// Used by the LISTEN thread and, for gaps and catch-ups, by the database workers.
 enum ClusterQueries {
+    /// With each message the membership version in force at its commit: the newest change
+    /// committed behind an earlier message (`at_seq < seq`). Null when the channel's
+    /// changes predate `at_seq` (migration 0004).
     static let messageRanges = PreparedStatement("cluster_message_ranges", """
         SELECT m.channel_id, m.seq, m.sender_id, m.key_id, m.iv, m.ciphertext, m.ts,
-               (extract(epoch FROM m.received_at) * 1000)::bigint
+               (extract(epoch FROM m.received_at) * 1000)::bigint, v.version
         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r (channel_id, first, last)
         JOIN messages m ON m.channel_id = r.channel_id AND m.seq BETWEEN r.first AND r.last
+        LEFT JOIN LATERAL (SELECT s.version FROM membership_statements s
+                           WHERE s.channel_id = m.channel_id AND s.at_seq < m.seq
+                           ORDER BY s.version DESC LIMIT 1) v ON true
         ORDER BY m.channel_id, m.seq
         """)
 
     static let key = PreparedStatement("cluster_key", """
         SELECT k.id, k.channel_id, k.creator_id, k.previous_key_id, k.membership_version, k.digest, k.sig,
-               \(ChannelSQL.millis("k.created_at")), \(ChannelSQL.millis("k.expires_at")), NULL::bytea
+               \(ChannelSQL.millis("k.created_at")), \(ChannelSQL.millis("k.expires_at")), NULL::bytea, k.at_seq
         FROM channel_keys k WHERE k.id = $1
         """)
 
@@ -47,26 +53,40 @@ enum ClusterQueries {
 
     /// Messages of several channels by seq range, ascending per channel.
     static func messages(_ ranges: [Announcement.Range], on db: PostgresConnection) throws -> [MessageRecord] {
+        try messagesWithVersions(ranges, on: db).map(\.record)
+    }
+
+    /// The same, each with the membership version in force at its commit (if known).
+    static func messagesWithVersions(_ ranges: [Announcement.Range],
+                                     on db: PostgresConnection) throws -> [(record: MessageRecord, membershipVersion: Int?)] {
         guard !ranges.isEmpty else { return [] }
         return try db.execute(messageRanges, [
             .array(ranges.map(\.channelID.string)), .integerArray(ranges.map(\.first)),
             .integerArray(ranges.map(\.last)),
         ]).rows.map { row in
-            MessageRecord(channelID: try row.id(0), seq: try row.int(1), senderID: try row.id(2), keyID: try row.id(3),
-                          iv: try row.bytes(4), ciphertext: try row.bytes(5), ts: try row.int(6),
-                          receivedAt: try row.int(7))
+            (MessageRecord(channelID: try row.id(0), seq: try row.int(1), senderID: try row.id(2), keyID: try row.id(3),
+                           iv: try row.bytes(4), ciphertext: try row.bytes(5), ts: try row.int(6),
+                           receivedAt: try row.int(7)),
+             try row.isNull(8) ? nil : try row.int(8))
         }
     }
 
     /// A key record and every member's wrapped copy; nil when it does not exist.
     static func key(_ keyID: ID, on db: PostgresConnection) throws -> (KeyRecord, copies: [ID: [UInt8]])? {
+        try keyWithPlace(keyID, on: db).map { ($0.record, $0.copies) }
+    }
+
+    /// The same with where the record sits among the channel's messages (nil for keys
+    /// stored before migration 0004).
+    static func keyWithPlace(_ keyID: ID,
+                             on db: PostgresConnection) throws -> (record: KeyRecord, copies: [ID: [UInt8]], atSeq: Int?)? {
         guard let row = try db.execute(key, [.id(keyID)]).first else { return nil }
         let record = try Handler.keyRecord(row)
         var copies: [ID: [UInt8]] = [:]
         for copy in try db.execute(keyCopies, [.id(keyID)]).rows {
             copies[try copy.id(0)] = try copy.bytes(1)
         }
-        return (record, copies)
+        return (record, copies, try row.isNull(10) ? nil : try row.int(10))
     }
 
     /// The `event.member`s of versions `after + 1 ... through` of a channel, each with where

@@ -43,9 +43,9 @@ enum KeySQL {
     /// Stores the record unless the predecessor already has a successor (then no row).
     static let insertKey = PreparedStatement("chk_insert", """
         INSERT INTO channel_keys
-            (id, channel_id, creator_id, previous_key_id, membership_version, digest, sig, created_at, expires_at)
+            (id, channel_id, creator_id, previous_key_id, membership_version, digest, sig, created_at, expires_at, at_seq)
         VALUES ($1, $2, $3, $4, $5, $6, $7, date_trunc('milliseconds', now()),
-                date_trunc('milliseconds', now()) + $8::bigint * interval '1 second')
+                date_trunc('milliseconds', now()) + $8::bigint * interval '1 second', $9)
         ON CONFLICT ON CONSTRAINT channel_keys_one_successor DO NOTHING
         RETURNING \(ChannelSQL.millis("created_at")), \(ChannelSQL.millis("expires_at"))
         """)
@@ -134,7 +134,7 @@ extension Handler {
                 inserted = try db.execute(KeySQL.insertKey, [
                     .id(request.keyID), .id(channelID), .id(creator), .id(request.previousKeyID),
                     .int(request.membershipVersion), .bytes(request.digest), .bytes(request.sig),
-                    .int(configuration.keyTTLSeconds),
+                    .int(configuration.keyTTLSeconds), .int(try channel.int(3)),
                 ]).first
             } catch let failure as StoreError where failure.isUniqueViolation {
                 throw error(.badRequest, "key_id is already used")

@@ -16,7 +16,7 @@ enum Completion: Sendable {
     /// A worker's read for a channel feed: a gap's messages (`after`, `through`], or a
     /// key record a catch-up found missing.
     case feedFilled(channel: ID, epoch: UInt64, after: Int, through: Int, Result<[MessageRecord], ErrorFrame>)
-    case feedKey(channel: ID, (KeyRecord, copies: [ID: [UInt8]], atSeq: Int)?)
+    case feedKey(channel: ID, epoch: UInt64, (KeyRecord, copies: [ID: [UInt8]], atSeq: Int)?)
     /// The membership changes a held message waits for (nil: the read failed).
     case feedMembers(channel: ID, epoch: UInt64, [(Event.Member, members: [ID], atSeq: Int?)]?)
 }

@@ -81,9 +81,9 @@ extension Relay {
             var touched: Set<ID> = []
             for item in items {
                 switch item {
-                case .message(let record):
+                case .message(let record, let membershipVersion):
                     guard feeds[record.channelID] != nil else { continue }
-                    feeds[record.channelID]!.add(record, remote: true, now: now)
+                    feeds[record.channelID]!.add(record, remote: true, membershipVersion: membershipVersion, now: now)
                     touched.insert(record.channelID)
                 case .key(let record, let copies, let atSeq):
                     guard feeds[record.channelID] != nil else { continue }
@@ -153,26 +153,33 @@ extension Relay {
         }
     }
 
-    /// Reads the membership changes a held message waits for, when their announcement did
-    /// not come: they go out in their place (their `at_seq`), then the message.
+    /// Reads what a held message waits for, when its announcement did not come: the
+    /// membership changes (they go out in their place, their `at_seq`) or the key record.
     private func readFence(_ channel: ID) {
-        guard var feed = feeds[channel], let versions = feed.fence, !feed.fenceReadInFlight else { return }
-        feed.fenceReadInFlight = true
+        guard var feed = feeds[channel], let wait = feed.waitingFor, !feed.waitReadInFlight else { return }
+        feed.waitReadInFlight = true
         feeds[channel] = feed
-        let epoch = feed.epoch, completions = self.completions
+        let epoch = feed.epoch, atSeq = feed.head ?? 0, completions = self.completions
         outstandingJobs += 1
         workers.submit(key: "feed-\(channel.string)") { database in
-            let changes = database.flatMap {
-                try? ClusterQueries.changes(channelID: channel, after: versions.lowerBound - 1,
-                                            through: versions.upperBound, on: $0)
+            switch wait {
+            case .membership(let versions):
+                let changes = database.flatMap {
+                    try? ClusterQueries.changes(channelID: channel, after: versions.lowerBound - 1,
+                                                through: versions.upperBound, on: $0)
+                }
+                completions.push(.feedMembers(channel: channel, epoch: epoch, changes))
+            case .key(let keyID):
+                let found = database.flatMap { try? ClusterQueries.keyWithPlace(keyID, on: $0) }
+                completions.push(.feedKey(channel: channel, epoch: epoch,
+                                          found.map { ($0.record, $0.copies, $0.atSeq ?? atSeq) }))
             }
-            completions.push(.feedMembers(channel: channel, epoch: epoch, changes))
         }
     }
 
     func feedMembersArrived(_ channel: ID, epoch: UInt64, _ changes: [(Event.Member, members: [ID], atSeq: Int?)]?) {
         guard let feed = feeds[channel], feed.epoch == epoch else { return }
-        feeds[channel]!.fenceReadInFlight = false
+        feeds[channel]!.waitReadInFlight = false
         if let changes, changes.isEmpty { feeds[channel]!.passFence() }
         let now = Self.now
         for (event, members, atSeq) in changes ?? [] {
@@ -216,17 +223,24 @@ extension Relay {
 
     /// Reads a key record a catch-up found this node did not fan out.
     private func readKey(_ keyID: ID, channel: ID, atSeq: Int) {
+        guard let epoch = feeds[channel]?.epoch else { return }
         let completions = self.completions
         outstandingJobs += 1
         workers.submit(key: "feed-\(channel.string)") { database in
-            let found = database.flatMap { try? ClusterQueries.key(keyID, on: $0) }
-            completions.push(.feedKey(channel: channel, found.map { ($0.0, $0.copies, atSeq) }))
+            let found = database.flatMap { try? ClusterQueries.keyWithPlace(keyID, on: $0) }
+            completions.push(.feedKey(channel: channel, epoch: epoch,
+                                      found.map { ($0.record, $0.copies, $0.atSeq ?? atSeq) }))
         }
     }
 
-    func feedKeyArrived(_ channel: ID, _ found: (KeyRecord, copies: [ID: [UInt8]], atSeq: Int)?) {
-        guard let (record, copies, atSeq) = found, let feed = feeds[channel], feed.keyID != record.keyID else { return }
-        feeds[channel]!.add(.key(record, copies: copies), atSeq: atSeq, now: Self.now)
+    func feedKeyArrived(_ channel: ID, epoch: UInt64, _ found: (KeyRecord, copies: [ID: [UInt8]], atSeq: Int)?) {
+        guard let feed = feeds[channel], feed.epoch == epoch else { return }
+        if case .key(let waited) = feed.waitingFor, found?.0.keyID == waited || found == nil {
+            feeds[channel]!.waitReadInFlight = false
+        }
+        if let (record, copies, atSeq) = found, feed.keyID != record.keyID {
+            feeds[channel]!.add(.key(record, copies: copies), atSeq: atSeq, now: Self.now)
+        }
         releaseFeed(channel)
     }
 

@@ -150,8 +150,8 @@ extension Relay {
                 clusterEvent(event)
             case .feedFilled(let channel, let epoch, let after, let through, let result):
                 feedFilled(channel, epoch: epoch, after: after, through: through, result: result)
-            case .feedKey(let channel, let found):
-                feedKeyArrived(channel, found)
+            case .feedKey(let channel, let epoch, let found):
+                feedKeyArrived(channel, epoch: epoch, found)
             case .feedMembers(let channel, let epoch, let changes):
                 feedMembersArrived(channel, epoch: epoch, changes)
             }
