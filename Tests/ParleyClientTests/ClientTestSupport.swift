@@ -69,10 +69,14 @@ final class EventRecorder: @unchecked Sendable {
     }
 }
 
-/// A relay on a fresh database, and signed-up SDK clients of it.
+/// A relay on a fresh database (more nodes on the same database with `addNode`), and
+/// signed-up SDK clients of it.
 final class RelayHarness: @unchecked Sendable {
     let relay: Relay
     let connectionString: String
+    private let configuration: RelayConfiguration
+    /// Every node, `relay` first.
+    private(set) var nodes: [Relay]
     private var clients: [ParleyClient] = []
 
     init(keyTTLSeconds: Int? = nil) throws {
@@ -81,14 +85,26 @@ final class RelayHarness: @unchecked Sendable {
         configuration.port = 0
         configuration.rateLimits.enabled = false
         if let keyTTLSeconds { configuration.keyTTLSeconds = keyTTLSeconds }
+        self.configuration = configuration
         relay = Relay(configuration: configuration, connectionString: connectionString)
         try relay.start()
+        nodes = [relay]
     }
 
-    var url: URL { URL(string: "ws://127.0.0.1:\(relay.port)/ws")! }
+    /// Starts another relay node on the same database; returns its index in `nodes`.
+    func addNode() throws -> Int {
+        let node = Relay(configuration: configuration, connectionString: connectionString)
+        try node.start()
+        nodes.append(node)
+        return nodes.count - 1
+    }
 
-    func client(configuration: ClientConfiguration = RelayHarness.fastConfiguration) -> ParleyClient {
-        let client = ParleyClient(url: url, configuration: configuration)
+    var url: URL { url(node: 0) }
+
+    func url(node: Int) -> URL { URL(string: "ws://127.0.0.1:\(nodes[node].port)/ws")! }
+
+    func client(node: Int = 0, configuration: ClientConfiguration = RelayHarness.fastConfiguration) -> ParleyClient {
+        let client = ParleyClient(url: url(node: node), configuration: configuration)
         clients.append(client)
         return client
     }
@@ -101,10 +117,11 @@ final class RelayHarness: @unchecked Sendable {
     }
 
     /// A new account on a new client, its events recorded from the start.
-    func user(_ name: String, key index: Int, configuration: ClientConfiguration = RelayHarness.fastConfiguration)
+    func user(_ name: String, key index: Int, node: Int = 0,
+              configuration: ClientConfiguration = RelayHarness.fastConfiguration)
         async throws -> (client: ParleyClient, identity: Identity, events: EventRecorder)
     {
-        let client = client(configuration: configuration)
+        let client = client(node: node, configuration: configuration)
         let events = EventRecorder(client)
         let username = "\(name)_\(UInt32.random(in: 0...UInt32.max))"
         let identity = try await client.signup(username: username, key: TestKeys.key(index))
@@ -118,7 +135,7 @@ final class RelayHarness: @unchecked Sendable {
 
     func stop() async {
         for client in clients { await client.close() }
-        relay.stop()
+        for node in nodes { node.stop() }
     }
 }
 

@@ -8,9 +8,11 @@ import XCTest
 final class ChannelFeedFenceTests: XCTestCase {
     private let channel = ID.random()
     private let owner = ID.random(), removed = ID.random()
+    /// Every message here is sealed with the key the feed starts with (no key fence).
+    private let key = ID.random()
 
     private func message(_ seq: Int) -> MessageRecord {
-        MessageRecord(channelID: channel, seq: seq, senderID: owner, keyID: ID.random(), iv: Array(repeating: 1, count: 12),
+        MessageRecord(channelID: channel, seq: seq, senderID: owner, keyID: key, iv: Array(repeating: 1, count: 12),
                       ciphertext: Array(repeating: 2, count: 16), ts: 0, receivedAt: 0)
     }
 
@@ -33,7 +35,7 @@ final class ChannelFeedFenceTests: XCTestCase {
 
     func testAMessageUnderANewerMembershipWaitsForTheChange() {
         var feed = ChannelFeed(epoch: 1)
-        feed.start(lastSeq: 4, keyID: nil, membershipVersion: 2, now: 0)
+        feed.start(lastSeq: 4, keyID: key, membershipVersion: 2, now: 0)
         feed.add(message(5), membershipVersion: 2, now: 0)
         XCTAssertEqual(seqs(feed.release(now: 0)), ["m5"])
 
@@ -53,7 +55,7 @@ final class ChannelFeedFenceTests: XCTestCase {
 
     func testTheChangeArrivingFirstLetsTheMessageThroughAtOnce() {
         var feed = ChannelFeed(epoch: 1)
-        feed.start(lastSeq: 0, keyID: nil, membershipVersion: 1, now: 0)
+        feed.start(lastSeq: 0, keyID: key, membershipVersion: 1, now: 0)
         feed.add(removal(version: 2), atSeq: 0, now: 0)
         feed.add(message(1), membershipVersion: 2, now: 0)
         XCTAssertEqual(seqs(feed.release(now: 0)), ["v2", "m1"])
@@ -62,7 +64,7 @@ final class ChannelFeedFenceTests: XCTestCase {
 
     func testAFenceThatCannotBeMetIsPassed() {
         var feed = ChannelFeed(epoch: 1)
-        feed.start(lastSeq: 0, keyID: nil, membershipVersion: 1, now: 0)
+        feed.start(lastSeq: 0, keyID: key, membershipVersion: 1, now: 0)
         feed.add(message(1), membershipVersion: 3, now: 0)
         XCTAssertEqual(seqs(feed.release(now: 0)), [])
         XCTAssertEqual(feed.fence, 2...3)
@@ -72,7 +74,7 @@ final class ChannelFeedFenceTests: XCTestCase {
 
     func testRemoteMessagesCarryNoFence() {
         var feed = ChannelFeed(epoch: 1)
-        feed.start(lastSeq: 0, keyID: nil, membershipVersion: 1, now: 0)
+        feed.start(lastSeq: 0, keyID: key, membershipVersion: 1, now: 0)
         feed.add(message(1), remote: true, now: 0)
         XCTAssertEqual(seqs(feed.release(now: 0)), ["m1"])
     }
