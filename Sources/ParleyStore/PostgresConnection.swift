@@ -110,9 +110,11 @@ public final class PostgresConnection {
         public var pid: Int32
     }
 
-    /// `LISTEN` on a channel (an identifier: letters, digits and `_` only).
+    /// `LISTEN` on a channel: lower-case letters, digits and `_`, as PostgreSQL folds an
+    /// unquoted identifier (an upper-case name would be listened to in lower case).
     public func listen(_ channel: String) throws {
-        guard !channel.isEmpty, channel.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) else {
+        guard let first = channel.first, !first.isNumber,
+              channel.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" }) else {
             throw StoreError(.queryFailed, detail: "not a channel name")
         }
         try execute("LISTEN \(channel)")
@@ -128,7 +130,8 @@ public final class PostgresConnection {
         var received = takeNotifications(handle)
         if !received.isEmpty { return received }
         var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
-        let ready = poll(&descriptor, 1, Int32(max(0, timeout) * 1000))
+        let milliseconds = timeout.isFinite ? Int32(min(max(0, timeout), 3600) * 1000) : 3_600_000
+        let ready = poll(&descriptor, 1, milliseconds)
         if ready < 0 && errno != EINTR {
             throw StoreError(.connectionFailed, detail: "poll failed: errno \(errno)")
         }

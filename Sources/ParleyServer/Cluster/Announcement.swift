@@ -60,10 +60,10 @@ enum Announcement: Equatable, Sendable {
         case "m":
             var ranges: [Range] = []
             for item in fields.dropFirst(2) {
-                let parts = item.split(separator: ":")
+                let parts = item.split(separator: ":", omittingEmptySubsequences: false)
                 guard parts.count == 2, let channelID = ID(String(parts[0])) else { return nil }
-                let bounds = parts[1].split(separator: "-")
-                guard bounds.count == 2, let first = Int(bounds[0]), let last = Int(bounds[1]),
+                let bounds = parts[1].split(separator: "-", omittingEmptySubsequences: false)
+                guard bounds.count == 2, let first = Self.number(bounds[0]), let last = Self.number(bounds[1]),
                       first >= 1, first <= last else { return nil }
                 ranges.append(Range(channelID: channelID, first: first, last: last))
             }
@@ -71,11 +71,11 @@ enum Announcement: Equatable, Sendable {
             self = .messages(node: node, ranges)
         case "k":
             guard fields.count == 5, let channelID = ID(fields[2]), let keyID = ID(fields[3]),
-                  let atSeq = Int(fields[4]), atSeq >= 0 else { return nil }
+                  let atSeq = Self.number(fields[4]) else { return nil }
             self = .key(node: node, channelID: channelID, keyID: keyID, atSeq: atSeq)
         case "v":
-            guard fields.count == 8, let channelID = ID(fields[2]), let version = Int(fields[3]), version >= 1,
-                  let atSeq = Int(fields[4]), atSeq >= 0,
+            guard fields.count == 8, let channelID = ID(fields[2]), let version = Self.number(fields[3]), version >= 1,
+                  let atSeq = Self.number(fields[4]),
                   let action = Event.Member.Action(rawValue: fields[6]), let by = ID(fields[7]) else { return nil }
             let userID = fields[5] == "-" ? nil : ID(fields[5])
             guard userID != nil || fields[5] == "-" else { return nil }
@@ -84,6 +84,12 @@ enum Announcement: Equatable, Sendable {
         default:
             return nil
         }
+    }
+
+    /// A non-negative decimal as SQL prints it: digits only (no sign), at most 18 of them.
+    private static func number<S: StringProtocol>(_ text: S) -> Int? {
+        guard !text.isEmpty, text.count <= 18, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        return Int(text)
     }
 }
 

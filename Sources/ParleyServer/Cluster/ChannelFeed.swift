@@ -33,6 +33,9 @@ struct ChannelFeed {
     /// catch-up after a LISTEN outage can tell what this node missed.
     private(set) var keyID: ID?
     private(set) var membershipVersion = 0
+    /// Keys released here and the keys they replaced: a record among them that arrives
+    /// late is older than the newest and must not become `keyID` again.
+    private var supersededKeys: Set<ID> = []
 
     /// Tells this feed apart from an earlier one of the same channel (a read's answer
     /// for that one must not clear `fetchInFlight` here).
@@ -85,12 +88,15 @@ struct ChannelFeed {
     /// A key record or membership change that committed behind message `atSeq`.
     mutating func add(_ item: Item, atSeq: Int, now: Double) {
         if case .key(let record, _) = item {
-            // A catch-up may read a key record that is already here or already out.
+            // A catch-up may read a key record that is already here or already out; one
+            // that committed before messages already out, or that a released key replaced,
+            // arrives late and is older than the newest.
             let pending = extras.contains {
                 if case .key(let other, _) = $0.item { return other.keyID == record.keyID }
                 return false
             }
-            guard !pending, record.keyID != keyID else { return }
+            if pending || record.keyID == keyID || supersededKeys.contains(record.keyID) { return }
+            if let head, atSeq < head { return }
         }
         extras.append((atSeq, item))
         learn(atSeq, now: now)
@@ -111,6 +117,11 @@ struct ChannelFeed {
             messages = messages.filter { $0.key > lastSeq }
             self.keyID = keyID
             self.membershipVersion = membershipVersion
+            // Keys committed before messages the start covers are older than its key.
+            extras.removeAll {
+                if case .key = $0.item { return $0.atSeq < lastSeq }
+                return false
+            }
         }
         learn(lastSeq, now: now)
     }
@@ -129,7 +140,11 @@ struct ChannelFeed {
                 extras.removeAll { $0.atSeq <= next }
                 for entry in due {
                     switch entry.element.item {
-                    case .key(let record, _): keyID = record.keyID
+                    case .key(let record, _):
+                        if supersededKeys.contains(record.keyID) { continue }
+                        keyID = record.keyID
+                        supersededKeys.insert(record.keyID)
+                        if let previous = record.previousKeyID { supersededKeys.insert(previous) }
                     case .member(let event, _): membershipVersion = max(membershipVersion, event.membership.version)
                     case .message: break
                     }
@@ -192,7 +207,8 @@ struct ChannelFeed {
     /// its first row): the feed moves past them instead of waiting forever.
     mutating func filled(_ records: [MessageRecord], after: Int, through: Int, now: Double) {
         fetchInFlight = false
-        urgent = false
+        // A page came: the next one is read at once if the gap is still there.
+        urgent = !records.isEmpty
         let absentThrough = records.first.map { $0.seq - 1 } ?? through
         if let current = head, absentThrough > current, absentThrough > after {
             head = absentThrough
