@@ -32,7 +32,7 @@ from typing import Optional
 
 import pytest
 
-from conftest import LISTEN_RE, REPO, RelayProcess, pg_ctl, server_binary
+from conftest import REPO, RelayProcess, pg_ctl, server_binary
 
 PSQL = "/usr/bin/psql"
 PG_PORT = 5432   # the port in the socket's name; the embedded cluster opens no TCP port
@@ -51,30 +51,12 @@ class NodeProcess(RelayProcess):
         self.cluster = cluster
         self.name = name
 
-    def start(self, timeout: float = 120.0) -> "NodeProcess":
-        self.starts += 1
-        self.log_path = f"{self.data_dir}.relay{self.starts}.log"
-        self.port = None
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [server_binary(), "serve", "--listen", "127.0.0.1:0",
-             "--database-url", self.cluster.connection_string,
-             "--migrations", str(REPO / "migrations"), *self.extra_args],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = Path(self.log_path).read_text(errors="replace")
-            found = LISTEN_RE.search(text)
-            if found:
-                self.port = int(found.group(2))
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"parley-server node {self.name} exited ({self.proc.returncode}):\n{text}")
-            time.sleep(0.05)
-        self.terminate()
-        raise RuntimeError(f"parley-server node {self.name} did not report its port in time:\n"
-                           + Path(self.log_path).read_text(errors="replace"))
+    def database_args(self) -> list[str]:
+        return ["--database-url", self.cluster.connection_string]
+
+    @property
+    def label(self) -> str:
+        return f"parley-server node {self.name}"
 
     @property
     def alive(self) -> bool:

@@ -121,12 +121,21 @@ class RelayProcess:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    # Where the relay's database is (a node of a shared database overrides these).
+    def database_args(self) -> list[str]:
+        return ["--data-dir", self.data_dir]
+
+    @property
+    def label(self) -> str:
+        return "parley-server"
+
     def start(self, timeout: float = 120.0) -> "RelayProcess":
         self.starts += 1
         self.log_path = f"{self.data_dir}.relay{self.starts}.log"
+        self.port = None
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [server_binary(), "serve", "--listen", "127.0.0.1:0", "--data-dir", self.data_dir,
+            [server_binary(), "serve", "--listen", "127.0.0.1:0", *self.database_args(),
              "--migrations", str(REPO / "migrations"), *self.extra_args],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
@@ -138,10 +147,10 @@ class RelayProcess:
                 self.port = int(found.group(2))
                 return self
             if self.proc.poll() is not None:
-                raise RuntimeError(f"parley-server exited ({self.proc.returncode}):\n{text}")
+                raise RuntimeError(f"{self.label} exited ({self.proc.returncode}):\n{text}")
             time.sleep(0.05)
         self.terminate()
-        raise RuntimeError("parley-server did not report its port in time:\n"
+        raise RuntimeError(f"{self.label} did not report its port in time:\n"
                            + Path(self.log_path).read_text(errors="replace"))
 
     def log_text(self) -> str:
