@@ -15,6 +15,9 @@
 -- changes stored before this migration.
 ALTER TABLE membership_statements ADD COLUMN at_seq bigint;
 ALTER TABLE channel_keys ADD COLUMN at_seq bigint;
+-- The membership version in force at a message: the newest change behind an earlier seq,
+-- one probe of this index per message read for another node.
+CREATE INDEX membership_statements_at_seq ON membership_statements (channel_id, at_seq, version);
 
 -- A batch's stored sends, one item per channel (a batch's seqs of one channel are
 -- consecutive: it holds the channel's row lock until it commits); several notifications

@@ -16,7 +16,7 @@ enum ClusterQueries {
         JOIN messages m ON m.channel_id = r.channel_id AND m.seq BETWEEN r.first AND r.last
         LEFT JOIN LATERAL (SELECT s.version FROM membership_statements s
                            WHERE s.channel_id = m.channel_id AND s.at_seq < m.seq
-                           ORDER BY s.version DESC LIMIT 1) v ON true
+                           ORDER BY s.at_seq DESC, s.version DESC LIMIT 1) v ON true
         ORDER BY m.channel_id, m.seq
         """)
 

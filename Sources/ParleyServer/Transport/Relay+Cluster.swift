@@ -124,9 +124,8 @@ extension Relay {
     /// Sends out whatever the feed can release now. Delivery may end the feed (a removal
     /// of its last subscriber), so the feed is written back first.
     func releaseFeed(_ channel: ID) {
-        guard var feed = feeds[channel] else { return }
-        let items = feed.release(now: Self.now)
-        feeds[channel] = feed
+        // In place: a copy of the feed would copy its pending messages at every release.
+        guard let items = feeds[channel]?.release(now: Self.now) else { return }
         for item in items {
             switch item {
             case .message(let record, let remote):
