@@ -39,8 +39,9 @@ fuzz:
 demo: setup
 	scripts/demo
 
-# The standard benchmark set with its peers (nginx + nchan, pgbench) in one run, 6-8 minutes:
-# medians into docs/benchmarks.md, raw results into .bench/ (BENCH_RUNS, BENCH_SECONDS).
+# The standard benchmark set with its peers (nginx + nchan, pgbench) and the cross-node
+# scenarios (two relay nodes) in one run, 8-10 minutes: medians into docs/benchmarks.md, raw
+# results into .bench/ (BENCH_RUNS, BENCH_SECONDS; BENCH_ONLY=xnode for the cross-node part).
 bench: setup
 	scripts/bench
 

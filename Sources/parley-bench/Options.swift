@@ -47,6 +47,11 @@ let usage = """
       --url URL                 the relay's WebSocket URL (default ws://127.0.0.1:8080/ws)
       --pub-url URL             raw-fanout: where the publisher sends
       --sub-url URL             raw-fanout: where the subscribers listen
+      --subscriber-url URL      fanout, chat, reconnect: the subscriber connections go here (e.g. a
+                                second relay node on the same database), while setup and the
+                                senders use --url. chat: every member then has two connections,
+                                a sender on --url and a subscriber here (give --subscriber-url
+                                equal to --url for the same shape on one relay)
 
     load:
       --duration S              seconds of measured load (default 10); connections: seconds to
@@ -84,10 +89,11 @@ let usage = """
       --drain-timeout S         seconds to wait for outstanding acks and deliveries (default 30)
 
     measurement:
-      --relay-pid PID           the relay (raw-fanout: the server's master process): its RSS and
-                                CPU seconds, with its children's but not PostgreSQL's
+      --relay-pid PID[,PID...]  the relay (raw-fanout: the server's master process): its RSS and
+                                CPU seconds, with its children's but not PostgreSQL's; several
+                                relay nodes: comma-separated, reported summed and each
       --postgres-pids LIST      comma-separated PostgreSQL pids whose CPU seconds (with their
-                                children's) are reported; default: the relay's embedded
+                                children's) are reported; default: the first relay's embedded
                                 cluster (<relay --data-dir>/postgres/postmaster.pid)
       --json PATH               also write every number as JSON to PATH
       --quiet                   no progress lines on stderr
@@ -110,6 +116,7 @@ struct BenchOptions: Sendable {
     var url = URL(string: "ws://127.0.0.1:8080/ws")!
     var pubURL: URL?
     var subURL: URL?
+    var subscriberURL: URL?
     var duration = 10.0
     var warmup = 0.0
     var rate = 0.0
@@ -131,7 +138,7 @@ struct BenchOptions: Sendable {
     var setupConcurrency = 16
     var connectTimeout = 120.0
     var drainTimeout = 30.0
-    var relayPID: Int32?
+    var relayPIDs: [Int32] = []
     var postgresPIDs: [Int32] = []
     var jsonPath: String?
     var quiet = false
@@ -179,6 +186,7 @@ struct BenchOptions: Sendable {
         case "--url": url = try webSocketURL(value, name)
         case "--pub-url": pubURL = try webSocketURL(value, name)
         case "--sub-url": subURL = try webSocketURL(value, name)
+        case "--subscriber-url": subscriberURL = try webSocketURL(value, name)
         case "--duration": duration = try nonNegative(value, name)
         case "--warmup": warmup = try nonNegative(value, name)
         case "--rate": rate = try nonNegative(value, name)
@@ -202,7 +210,8 @@ struct BenchOptions: Sendable {
         case "--setup-concurrency": setupConcurrency = try positiveInteger(value, name)
         case "--connect-timeout": connectTimeout = try nonNegative(value, name)
         case "--drain-timeout": drainTimeout = try nonNegative(value, name)
-        case "--relay-pid": relayPID = try processID(value, name)
+        case "--relay-pid":
+            relayPIDs = try value.split(separator: ",").map { try processID(String($0), name) }
         case "--postgres-pids":
             postgresPIDs = try value.split(separator: ",").map { try processID(String($0), name) }
         case "--json": jsonPath = value
@@ -220,6 +229,9 @@ struct BenchOptions: Sendable {
             guard rate > 0 else { throw UsageError("raw-fanout needs --rate > 0 (a plain pub/sub server sends no acks)") }
         }
         if scenario == .reconnect, rate <= 0 { throw UsageError("reconnect needs --rate > 0") }
+        if subscriberURL != nil, ![.fanout, .chat, .reconnect].contains(scenario) {
+            throw UsageError("--subscriber-url is for fanout, chat and reconnect")
+        }
     }
 
     /// The rate each of `senders` senders keeps (0: closed loop).

@@ -138,35 +138,31 @@ enum ProcessStats {
     }
 }
 
-/// CPU seconds of the relay, PostgreSQL and the bench over one interval.
+/// CPU seconds of the relay (each node of it), PostgreSQL and the bench over one interval.
 struct CPUSampler {
-    let relay: Int32?
+    let relays: [Int32]
     let postgres: [Int32]
-    private var start: (relay: Double?, postgres: Double?, bench: Double)
+    private var start: (relays: [Double], postgres: Double?, bench: Double)
 
-    init(relay: Int32?, postgres: [Int32]) {
-        self.relay = relay
+    init(relays: [Int32], postgres: [Int32]) {
+        self.relays = relays
         self.postgres = postgres
-        start = (nil, nil, 0)
+        start = ([], nil, 0)
         start = sample()
     }
 
-    private func sample() -> (relay: Double?, postgres: Double?, bench: Double) {
-        (relay.map { ProcessStats.treeCPUSeconds(roots: [$0], excluding: postgres) },
+    private func sample() -> (relays: [Double], postgres: Double?, bench: Double) {
+        (relays.map { ProcessStats.treeCPUSeconds(roots: [$0], excluding: postgres) },
          postgres.isEmpty ? nil : ProcessStats.treeCPUSeconds(roots: postgres),
          ProcessStats.ownCPUSeconds())
     }
 
-    /// CPU seconds since `init`.
-    func elapsed() -> (relay: Double?, postgres: Double?, bench: Double) {
+    /// CPU seconds since `init`: the relay nodes together and each, PostgreSQL, the bench.
+    func elapsed() -> (relay: Double?, relayEach: [Double], postgres: Double?, bench: Double) {
         let end = sample()
-        return (zip(start.relay, end.relay).map { $1 - $0 },
-                zip(start.postgres, end.postgres).map { $1 - $0 },
+        let each = zip(start.relays, end.relays).map { $1 - $0 }
+        return (each.isEmpty ? nil : each.reduce(0, +), each,
+                start.postgres.flatMap { first in end.postgres.map { $0 - first } },
                 end.bench - start.bench)
     }
-}
-
-private func zip(_ a: Double?, _ b: Double?) -> (Double, Double)? {
-    guard let a, let b else { return nil }
-    return (a, b)
 }

@@ -5,6 +5,8 @@ import ParleyProtocol
 struct Report {
     struct CPU {
         var relay: Double?
+        /// Each relay node's share of `relay`, in the order of `--relay-pid`.
+        var relayEach: [Double] = []
         var postgres: Double?
         var bench: Double
         /// The wall-clock seconds the CPU times were taken over.
@@ -30,7 +32,7 @@ struct Report {
     var connectionsRequested = 0
     var connectionsHeld = 0
     var connectSeconds: Double?
-    var relayPID: Int32?
+    var relayPIDs: [Int32] = []
     var postgresPIDs: [Int32] = []
     var relayRSSBefore: Int?
     var relayRSSAfter: Int?
@@ -107,7 +109,13 @@ struct Report {
         }
         if let cpu {
             var parts: [String] = []
-            if let relay = cpu.relay { parts.append(String(format: "relay %.2f", relay)) }
+            if let relay = cpu.relay {
+                var text = String(format: "relay %.2f", relay)
+                if cpu.relayEach.count > 1 {
+                    text += " (" + cpu.relayEach.map { String(format: "%.2f", $0) }.joined(separator: " + ") + ")"
+                }
+                parts.append(text)
+            }
             if let postgres = cpu.postgres { parts.append(String(format: "postgres %.2f", postgres)) }
             parts.append(String(format: "bench %.2f", cpu.bench))
             line("CPU seconds", parts.joined(separator: ", ") + String(format: " (over %.1f s)", cpu.seconds))
@@ -170,11 +178,19 @@ struct Report {
         writer.endObject()
         writer.key("relay")
         writer.beginObject()
-        writer.key("pid"); optional(relayPID.map { Double($0) }, into: &writer)
+        writer.key("pid"); optional(relayPIDs.first.map { Double($0) }, into: &writer)
+        writer.key("pids")
+        writer.beginArray()
+        for pid in relayPIDs { writer.value(Int(pid)) }
+        writer.endArray()
         writer.key("rss_before_bytes"); optional(relayRSSBefore.map(Double.init), into: &writer)
         writer.key("rss_after_bytes"); optional(relayRSSAfter.map(Double.init), into: &writer)
         writer.key("rss_per_connection_bytes"); optional(rssPerConnection, into: &writer)
         writer.key("cpu_s"); optional(cpu?.relay, into: &writer)
+        writer.key("cpu_s_each")
+        writer.beginArray()
+        for seconds in cpu?.relayEach ?? [] { writer.value(seconds) }
+        writer.endArray()
         writer.endObject()
         writer.key("postgres")
         writer.beginObject()

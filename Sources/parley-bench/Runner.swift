@@ -32,7 +32,7 @@ final class Runner {
     init(options: BenchOptions, settings: RunSettings, log: @escaping (String) -> Void) throws {
         self.options = options
         self.log = log
-        let secure = [options.url, options.pubURL, options.subURL].contains { $0?.scheme == "wss" }
+        let secure = [options.url, options.pubURL, options.subURL, options.subscriberURL].contains { $0?.scheme == "wss" }
         loops = try (0..<options.threads).map { try BenchLoop(index: $0, settings: settings, secure: secure) }
     }
 

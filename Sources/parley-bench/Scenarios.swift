@@ -20,6 +20,8 @@ struct Topology {
         var sends: [Int]?
         var rawPublisher = false
         var rawSubscriber = false
+        /// Connects to --subscriber-url when one is given (a subscriber, not a sender).
+        var atSubscriberURL = false
     }
 
     var users = 0
@@ -38,7 +40,9 @@ struct Topology {
             topology.users = 1 + accounts
             topology.channels = [Channel(members: Array(0...accounts), needsKey: true)]
             topology.connections = [Connection(user: 0, sends: [0])]
-            topology.connections += (0..<options.subscribers).map { Connection(user: 1 + $0 % accounts, subscriptions: [0]) }
+            topology.connections += (0..<options.subscribers).map {
+                Connection(user: 1 + $0 % accounts, subscriptions: [0], atSubscriberURL: true)
+            }
 
         case .chat:
             guard options.channels <= options.members else { throw UsageError("chat needs --channels <= --members") }
@@ -49,8 +53,18 @@ struct Topology {
             topology.channels = (0..<options.channels).map { channel in
                 Channel(members: Array(stride(from: channel, to: options.members, by: options.channels)), needsKey: true)
             }
-            topology.connections = (0..<options.members).map { member in
-                Connection(user: member, subscriptions: [member % options.channels], sends: [member % options.channels])
+            if options.subscriberURL == nil {
+                topology.connections = (0..<options.members).map { member in
+                    Connection(user: member, subscriptions: [member % options.channels], sends: [member % options.channels])
+                }
+            } else {
+                // Split: each member sends on one connection and follows its channel on another.
+                topology.connections = (0..<options.members).map { member in
+                    Connection(user: member, sends: [member % options.channels])
+                }
+                topology.connections += (0..<options.members).map { member in
+                    Connection(user: member, subscriptions: [member % options.channels], atSubscriberURL: true)
+                }
             }
 
         case .ingest:
@@ -90,7 +104,7 @@ struct Topology {
             topology.connections = [Connection(user: 0, sends: Array(0..<options.channels))]
             topology.connections += (0..<options.subscribers).map { index in
                 let account = index % accounts
-                return Connection(user: 1 + account, subscriptions: [account % options.channels])
+                return Connection(user: 1 + account, subscriptions: [account % options.channels], atSubscriberURL: true)
             }
 
         case .rawFanout:
@@ -144,6 +158,8 @@ extension Topology {
                 url = options.pubURL ?? options.url
             } else if connection.rawSubscriber {
                 url = options.subURL ?? options.url
+            } else if connection.atSubscriberURL {
+                url = options.subscriberURL ?? options.url
             } else {
                 url = options.url
             }

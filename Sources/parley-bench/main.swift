@@ -38,22 +38,27 @@ func parameters(_ options: BenchOptions) -> [(String, String)] {
         add("hold", options.duration)
     }
     if let users = options.users { add("users", users) }
+    if let subscriberURL = options.subscriberURL {
+        add("subscriber_url", subscriberURL.absoluteString)
+        if options.scenario == .chat { add("connections_per_member", 2) }
+    }
     add("threads", options.threads)
     add("event_loop", options.eventLoop.rawValue)
     if options.sourceAddresses > 1 { add("source_addresses", options.sourceAddresses) }
     return list
 }
 
-/// The relay's resident memory: its process and any children (nginx workers), not PostgreSQL.
+/// The relay's resident memory: its process and any children (nginx workers), not PostgreSQL;
+/// with several relay nodes, all of them.
 func relayResidentBytes(_ options: BenchOptions, _ report: Report) -> Int? {
-    options.relayPID.flatMap { ProcessStats.treeResidentBytes(roots: [$0], excluding: report.postgresPIDs) }
+    options.relayPIDs.isEmpty ? nil : ProcessStats.treeResidentBytes(roots: options.relayPIDs, excluding: report.postgresPIDs)
 }
 
 func run(_ options: BenchOptions) async -> Report {
     let say = log(options)
     var report = Report(scenario: options.scenario)
     report.parameters = parameters(options)
-    report.relayPID = options.relayPID
+    report.relayPIDs = options.relayPIDs
     if options.scenario != .connections && options.scenario != .rawFanout {
         report.notes.append("message payloads are opaque bytes of the requested size (a bench header and random filler) with unique IVs, not AES-GCM ciphertexts: the relay never decrypts, so it cannot tell")
     }
@@ -94,12 +99,12 @@ func run(_ options: BenchOptions) async -> Report {
         return report
     }
     report.postgresPIDs = !options.postgresPIDs.isEmpty
-        ? options.postgresPIDs : options.relayPID.map(ProcessStats.postmasters(of:)) ?? []
+        ? options.postgresPIDs : options.relayPIDs.first.map(ProcessStats.postmasters(of:)) ?? []
     report.relayRSSBefore = relayResidentBytes(options, report)
 
     // Connect everyone: auth, subscribe.
     let connectStart = Clock.now()
-    var cpu = CPUSampler(relay: options.relayPID, postgres: report.postgresPIDs)
+    var cpu = CPUSampler(relays: options.relayPIDs, postgres: report.postgresPIDs)
     var cpuStart = connectStart
     runner.open(plans, settings: settings)
     let connected = runner.waitUntilReady(timeout: options.connectTimeout)
@@ -123,7 +128,7 @@ func run(_ options: BenchOptions) async -> Report {
         report.relayRSSAfter = relayResidentBytes(options, report)
 
     case .reconnect:
-        cpu = CPUSampler(relay: options.relayPID, postgres: report.postgresPIDs)
+        cpu = CPUSampler(relays: options.relayPIDs, postgres: report.postgresPIDs)
         cpuStart = Clock.now()
         let start = Clock.now() + 20_000_000
         runner.startSending(start: start, measureFrom: start)
@@ -143,7 +148,7 @@ func run(_ options: BenchOptions) async -> Report {
         report.connectionsHeld = runner.snapshot().ready
 
     case .fanout, .chat, .ingest, .rawFanout:
-        cpu = CPUSampler(relay: options.relayPID, postgres: report.postgresPIDs)
+        cpu = CPUSampler(relays: options.relayPIDs, postgres: report.postgresPIDs)
         cpuStart = Clock.now()
         let start = Clock.now() + 20_000_000
         let measureFrom = start + UInt64(options.warmup * 1e9)
@@ -158,7 +163,8 @@ func run(_ options: BenchOptions) async -> Report {
     }
 
     let used = cpu.elapsed()
-    report.cpu = Report.CPU(relay: used.relay, postgres: used.postgres, bench: used.bench, seconds: Clock.seconds(since: cpuStart))
+    report.cpu = Report.CPU(relay: used.relay, relayEach: used.relayEach, postgres: used.postgres, bench: used.bench,
+                            seconds: Clock.seconds(since: cpuStart))
     if report.relayRSSAfter == nil { report.relayRSSAfter = relayResidentBytes(options, report) }
     report.recorder = runner.finish()
     return report
