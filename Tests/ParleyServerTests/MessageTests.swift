@@ -555,7 +555,7 @@ final class MessageTests: XCTestCase {
         let fixture = try MessageFixture()
         let alice = try fixture.makeUser()
         let (one, oneKey) = try fixture.makeChannel(owner: alice)
-        let (two, _) = try fixture.makeChannel(owner: alice)
+        let (two, twoKey) = try fixture.makeChannel(owner: alice)
         try fixture.storeMessages(one, sender: alice, key: try XCTUnwrap(oneKey), count: 3)
         let foreign = try fixture.makeChannel(owner: try fixture.makeUser()).channel
 
@@ -584,9 +584,12 @@ final class MessageTests: XCTestCase {
 
         let started = try start([Request.SubscribeChannel(channelID: one, after: 3),
                                  Request.SubscribeChannel(channelID: two)]).get()
+        // Each start also says where this node's feed of the channel begins: its newest key
+        // and membership version in the same snapshot.
         XCTAssertEqual(started, [
-            SubscriptionStart(channelID: one, lastSeq: 3, recovered: true, replayFrom: 3, syncedSeq: 3),
-            SubscriptionStart(channelID: two, lastSeq: 0, recovered: true),
+            SubscriptionStart(channelID: one, lastSeq: 3, recovered: true, replayFrom: 3, syncedSeq: 3,
+                              currentKeyID: oneKey, membershipVersion: 1),
+            SubscriptionStart(channelID: two, lastSeq: 0, recovered: true, currentKeyID: twoKey, membershipVersion: 1),
         ])
 
         guard case .failure(let unauthenticated) = fixture.service.startSubscriptions(
@@ -609,7 +612,12 @@ final class MessageTests: XCTestCase {
             let result = fixture.service.startSubscriptions(
                 Request.Subscribe(channels: [Request.SubscribeChannel(channelID: channel, after: after)]), id: "s",
                 context: fixture.context(user), on: fixture.db)
-            return try XCTUnwrap(result.get().first)
+            var start = try XCTUnwrap(result.get().first)
+            XCTAssertEqual(start.currentKeyID, maybeKey)
+            XCTAssertEqual(start.membershipVersion, 1)
+            start.currentKeyID = nil
+            start.membershipVersion = 0
+            return start   // compared below as the plan alone
         }
 
         XCTAssertEqual(try start(alice, after: 0), SubscriptionStart(channelID: channel, lastSeq: 1001, recovered: false))

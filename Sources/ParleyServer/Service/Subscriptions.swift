@@ -24,12 +24,15 @@ public struct SubscriptionStart: Sendable, Equatable {
     public var currentKeyID: ID?
     public var membershipVersion = 0
 
-    public init(channelID: ID, lastSeq: Int, recovered: Bool, replayFrom: Int? = nil, syncedSeq: Int? = nil) {
+    public init(channelID: ID, lastSeq: Int, recovered: Bool, replayFrom: Int? = nil, syncedSeq: Int? = nil,
+                currentKeyID: ID? = nil, membershipVersion: Int = 0) {
         self.channelID = channelID
         self.lastSeq = lastSeq
         self.recovered = recovered
         self.replayFrom = replayFrom
         self.syncedSeq = syncedSeq
+        self.currentKeyID = currentKeyID
+        self.membershipVersion = membershipVersion
     }
 
     /// The start of a subscription to a channel at `lastSeq` by a member whose join cut is
