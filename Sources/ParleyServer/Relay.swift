@@ -19,6 +19,8 @@ public final class Relay: @unchecked Sendable {
     let metrics = Metrics()
     let health: HealthMonitor
     let listener: ClusterListener
+    /// The web client, read at `start`.
+    var webFiles = WebFiles()
     public let log: Log
     let nodeID = ID.random()
 
@@ -83,6 +85,13 @@ public final class Relay: @unchecked Sendable {
 
     /// Starts listening; returns once the socket is bound, or throws when it cannot be.
     public func start() throws {
+        if let root = configuration.webRoot {
+            do {
+                webFiles = try WebFiles(folder: root)
+            } catch {
+                throw RelayError(message: String(describing: error))
+            }
+        }
         health.start()
         workers.start()
         let ready = DispatchSemaphore(value: 0)

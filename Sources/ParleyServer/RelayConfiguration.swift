@@ -56,6 +56,8 @@ public struct RelayConfiguration: Sendable {
     /// Origins a browser handshake may come from (e.g. `https://chat.example.com`); empty
     /// allows any. A handshake without `Origin` is always allowed (`PARLEY_ALLOWED_ORIGINS`).
     public var allowedOrigins: [String] = []
+    /// The web client's folder, served at `/` (`PARLEY_WEB_ROOT`); nil serves no page.
+    public var webRoot: URL?
     /// PEM certificate and key for `wss://`; plain `ws://` when nil.
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?

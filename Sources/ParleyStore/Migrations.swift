@@ -46,26 +46,9 @@ public struct Migration: Sendable, Equatable {
         return migrations
     }
 
-    /// Where the migrations are when no folder is configured: `./migrations`, then the
-    /// installed copy beside the binary (`../share/parley/migrations`), then the checkout
-    /// the binary was built in (found by walking up from it to a folder with Package.swift).
+    /// Where the migrations are when no folder is configured (`ResourceFolder.locate`).
     public static func defaultDirectory(executable: URL = URL(fileURLWithPath: CommandLine.arguments.first ?? ".")) -> URL? {
-        let fileManager = FileManager.default
-        var candidates = [URL(fileURLWithPath: fileManager.currentDirectoryPath).appendingPathComponent("migrations")]
-        let binaryFolder = executable.resolvingSymlinksInPath().deletingLastPathComponent()
-        candidates.append(binaryFolder.appendingPathComponent("../share/parley/migrations").standardizedFileURL)
-        var folder = binaryFolder
-        while folder.path != "/" {
-            if fileManager.fileExists(atPath: folder.appendingPathComponent("Package.swift").path) {
-                candidates.append(folder.appendingPathComponent("migrations"))
-                break
-            }
-            folder = folder.deletingLastPathComponent()
-        }
-        return candidates.first { url in
-            var isFolder: ObjCBool = false
-            return fileManager.fileExists(atPath: url.path, isDirectory: &isFolder) && isFolder.boolValue
-        }
+        ResourceFolder.locate("migrations", executable: executable)
     }
 }
 

@@ -38,6 +38,8 @@ let usage = """
                             (PARLEY_ALLOWED_ORIGINS, default empty)
       --log-level LEVEL     error, warn, info or debug (PARLEY_LOG_LEVEL, default info)
       --log-format FORMAT   text (logfmt) or json, one line per event (PARLEY_LOG_FORMAT, default text)
+      --web-root DIR        the web client's folder, served at / (PARLEY_WEB_ROOT; default ./web, then
+                            ../share/parley/web beside the binary; "none" serves no page)
       --tls-cert FILE       PEM certificate for wss:// (PARLEY_TLS_CERT)
       --tls-key FILE        PEM private key for wss:// (PARLEY_TLS_KEY)
 
@@ -48,6 +50,8 @@ struct Options {
     var command = "serve"
     var database = DatabaseConfiguration()
     var relay = RelayConfiguration()
+    /// `--web-root` as given: nil looks for the default folder, "none" serves no page.
+    var webRoot: String?
 
     init(arguments: [String], environment: [String: String]) throws {
         for setting in Self.settings {
@@ -138,6 +142,9 @@ struct Options {
         Setting(flag: "--allowed-origins", environment: "PARLEY_ALLOWED_ORIGINS") { options, value, _ in
             options.relay.allowedOrigins = value.split(separator: ",")
                 .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        },
+        Setting(flag: "--web-root", environment: "PARLEY_WEB_ROOT") { options, value, _ in
+            options.webRoot = value
         },
         Setting(flag: "--log-level", environment: "PARLEY_LOG_LEVEL") { options, value, name in
             guard let level = RelayConfiguration.LogLevel(rawValue: value) else {
@@ -271,13 +278,20 @@ func runServe(_ options: Options) throws {
     let database = try openMigratedDatabase(options)
     defer { close(database) }
     try database.requireDurableCommits()
-    let relay = Relay(configuration: options.relay, connectionString: database.connectionString, log: log)
+    var configuration = options.relay
+    switch options.webRoot {
+    case "none", "": configuration.webRoot = nil
+    case let folder?: configuration.webRoot = URL(fileURLWithPath: folder)
+    case nil: configuration.webRoot = ResourceFolder.locate("web")
+    }
+    let relay = Relay(configuration: configuration, connectionString: database.connectionString, log: log)
     try relay.start()
     let scheme = options.relay.tlsCertificatePath == nil ? "ws" : "wss"
     let url = "\(scheme)://\(options.relay.host):\(relay.port)/ws"
     let health = "http://\(options.relay.host):\(relay.port)/healthz"
     log.info("relay.listening", "relay listening on \(url) (health: \(health))",
-             ["url": .string(url), "health": .string(health), "db_workers": .int(options.relay.databaseWorkers),
+             ["url": .string(url), "health": .string(health), "web": .string(configuration.webRoot?.path ?? "none"),
+              "db_workers": .int(options.relay.databaseWorkers),
               "max_connections": .int(options.relay.maxConnections), "open_files": .int(files)])
 
     var received: Int32 = 0

@@ -28,7 +28,7 @@ extension Relay {
             // Hardening: a browser page from another site may not use the socket (403);
             // past the connection limits the handshake is refused (503, then 429).
             if !configuration.allowedOrigins.isEmpty, let origin = header(wsi, WSI_TOKEN_ORIGIN),
-               !configuration.allowedOrigins.contains(origin) {
+               !configuration.allowedOrigins.contains(origin), !isOwnPage(origin, wsi) {
                 refuse(wsi, .origin, status: 403, reason: "Forbidden", body: "origin not allowed\n",
                        origin: String(origin.prefix(200)))
                 return 1
@@ -308,8 +308,19 @@ extension Relay {
         case ProtocolConstants.path:
             return respond(wsi, status: 426, body: "upgrade to a WebSocket with subprotocol parley.v1\n", type: "text/plain")
         default:
+            // The web client (`web/`), with the page's security headers.
+            if let file = webFiles.file(for: path) {
+                return respond(wsi, status: 200, body: file.body, type: file.contentType, headers: WebFiles.securityHeaders)
+            }
             return respond(wsi, status: 404, body: "not found\n", type: "text/plain")
         }
+    }
+
+    /// Whether a handshake's `Origin` is the relay's own page: the origin the client
+    /// addressed (its `Host`), so the web client works under `--allowed-origins` too.
+    private func isOwnPage(_ origin: String, _ wsi: OpaquePointer) -> Bool {
+        guard !webFiles.isEmpty, let host = header(wsi, WSI_TOKEN_HOST), !host.isEmpty else { return false }
+        return origin == "https://\(host)" || origin == "http://\(host)"
     }
 
     /// Answers a refused WebSocket upgrade with a complete HTTP/1.1 response, written at
@@ -333,18 +344,33 @@ extension Relay {
     }
 
     private func respond(_ wsi: OpaquePointer, status: UInt32, body: String, type: String) -> Int32 {
-        let bodyBytes = Array(body.utf8)
-        var headers = [UInt8](repeating: 0, count: FrameBuffer.headroom + 1024)
+        respond(wsi, status: status, body: Array(body.utf8), type: type)
+    }
+
+    private func respond(_ wsi: OpaquePointer, status: UInt32, body: [UInt8], type: String,
+                         headers extra: [(String, String)] = []) -> Int32 {
+        var headers = [UInt8](repeating: 0, count: FrameBuffer.headroom + 4096)
         return headers.withUnsafeMutableBufferPointer { buffer -> Int32 in
             guard let base = buffer.baseAddress else { return -1 }
             let start = base + FrameBuffer.headroom
             var cursor: UnsafeMutablePointer<UInt8>? = start
             let end = base + buffer.count - 1
-            if lws_add_http_common_headers(wsi, status, type, lws_filepos_t(bodyBytes.count), &cursor, end) != 0 {
+            if lws_add_http_common_headers(wsi, status, type, lws_filepos_t(body.count), &cursor, end) != 0 {
                 return 1
             }
+            for (name, value) in extra {
+                let added = (name + ":").withCString { namePointer in
+                    value.withCString { valuePointer in
+                        lws_add_http_header_by_name(
+                            wsi, UnsafeRawPointer(namePointer).assumingMemoryBound(to: UInt8.self),
+                            UnsafeRawPointer(valuePointer).assumingMemoryBound(to: UInt8.self),
+                            Int32(value.utf8.count), &cursor, end)
+                    }
+                }
+                if added != 0 { return 1 }
+            }
             if lws_finalize_write_http_header(wsi, start, &cursor, end) != 0 { return 1 }
-            pendingHTTP[wsi] = bodyBytes
+            pendingHTTP[wsi] = body
             lws_callback_on_writable(wsi)
             return 0
         }
