@@ -132,7 +132,8 @@ class RelayProcess:
     def start(self, timeout: float = 120.0) -> "RelayProcess":
         self.starts += 1
         self.log_path = f"{self.data_dir}.relay{self.starts}.log"
-        self.port = None
+        # `port` keeps the previous start's value until the new one is known: clients
+        # reconnecting meanwhile get connection refused and retry, not a malformed URL.
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [server_binary(), "serve", "--listen", "127.0.0.1:0", *self.database_args(),
