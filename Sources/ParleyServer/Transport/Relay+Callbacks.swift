@@ -308,8 +308,12 @@ extension Relay {
         case ProtocolConstants.path:
             return respond(wsi, status: 426, body: "upgrade to a WebSocket with subprotocol parley.v1\n", type: "text/plain")
         default:
-            // The web client (`web/`), with the page's security headers.
+            // The web client (`web/`), with the page's security headers; GET only.
             if let file = webFiles.file(for: path) {
+                guard lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0 else {
+                    return respond(wsi, status: 405, body: Array("use GET\n".utf8), type: "text/plain",
+                                   headers: [("allow", "GET")])
+                }
                 return respond(wsi, status: 200, body: file.body, type: file.contentType, headers: WebFiles.securityHeaders)
             }
             return respond(wsi, status: 404, body: "not found\n", type: "text/plain")
@@ -358,7 +362,10 @@ extension Relay {
             if lws_add_http_common_headers(wsi, status, type, lws_filepos_t(body.count), &cursor, end) != 0 {
                 return 1
             }
-            for (name, value) in extra {
+            // Every answer, page or not: no client guesses another type from the bytes.
+            let headers = extra.contains { $0.0 == "x-content-type-options" } ? extra
+                : extra + [("x-content-type-options", "nosniff")]
+            for (name, value) in headers {
                 let added = (name + ":").withCString { namePointer in
                     value.withCString { valuePointer in
                         lws_add_http_header_by_name(

@@ -5,7 +5,8 @@ import Foundation
 ///
 /// Only what was found under the folder at start can be served: a request names a key of
 /// this table or gets 404, so no path (`..`, encoded or not, symlinks out of the folder)
-/// reaches the file system. Every answer carries the page's security headers.
+/// reaches the file system. Every file goes out with the page's security headers (every
+/// other HTTP answer of the relay still carries `nosniff`).
 struct WebFiles: Sendable {
     struct File: Sendable {
         var body: [UInt8]
