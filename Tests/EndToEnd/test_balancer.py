@@ -291,6 +291,11 @@ async def test_connections_spread_over_both_nodes(cluster, balancer):
     assert status == 404, f"/metrics through the balancer answered {status}: it must stay private"
     status, _, _ = await asyncio.to_thread(http_get, lb.http + "/elsewhere")
     assert status == 404, status
+    # The web client comes from the nodes through the balancer, with the relay's headers.
+    status, headers, body = await asyncio.to_thread(http_get, lb.http + "/")
+    policy = {k.lower(): v for k, v in headers.items()}.get("content-security-policy", "")
+    assert status == 200 and b"<!doctype html>" in body[:200].lower(), (status, body[:200])
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy, policy
     status, _, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{lb.status_port}/nginx_status")
     assert status == 200 and b"Active connections" in body, (status, body)
 
