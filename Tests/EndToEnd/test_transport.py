@@ -45,9 +45,16 @@ async def test_metrics_count_frames_and_errors(relay):
 
 
 def test_other_http_path_is_404(relay):
-    for path in ("/", "/nope", "/healthz/x", "/ws/x"):
+    for path in ("/nope", "/healthz/x", "/ws/x", "/js/nope.js"):
         status, _, _ = http_get(relay.http + path)
         assert status == 404, path
+
+
+def test_root_is_the_web_client(relay):
+    status, headers, body = http_get(relay.http + "/")
+    assert status == 200
+    assert {k.lower(): v for k, v in headers.items()}["content-type"].startswith("text/html")
+    assert b"<!doctype html>" in body[:100].lower()
 
 
 def test_plain_get_on_ws_is_426(relay):
