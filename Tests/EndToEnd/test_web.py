@@ -1106,3 +1106,202 @@ async def test_a_tampering_relay_is_caught(own_relay):
           f"the pinned and the presented fingerprints ({figures['alerts']} alert(s)); rotation afterwards "
           f"{'done' if figures['rotated'] else 'refused'}; none of B's {figures['copies']} key copies opens with the "
           f"substitute key")
+
+
+# ---------------------------------------------------------------------------
+# 8. rotation on expiry: a relay with a 4-second key lifetime; the page makes the next key
+#
+# The page caches its sending key while it is fresh; once the relay's key lifetime has
+# passed, the next send must establish a new key itself (signed by this user, wrapped for
+# every member, the expired key as its predecessor), and the message must go out under it
+# with no failed send shown. The other browser and the bot read both keys; the relay's
+# history, read by the independent Python client, holds both key ids.
+
+KEY_TTL = 4
+
+
+async def test_an_expired_key_is_rotated_by_the_page(own_relay):
+    relay = own_relay("--key-ttl", str(KEY_TTL)).start()
+    figures = {}
+
+    async def key_record(bot: Bot, channel_id: str, key_id: str) -> dict:
+        conn = await pc.connect_as(relay.url, bot.user())
+        try:
+            record = (await conn.ok("key", channel_id=channel_id, key_id=key_id))["key"]
+        finally:
+            await conn.close()
+        assert record is not None and record["key_id"] == key_id, (key_id, record)
+        return record
+
+    async def expire(page: Page, record: dict) -> float:
+        """Waits until the key's expires_at (relay's clock: this machine's) plus a margin."""
+        wait = max(0.0, record["expires_at"] / 1000 - time.time()) + 1.0
+        await asyncio.sleep(wait)
+        return wait
+
+    async def no_send_error(page: Page, who: str) -> None:
+        shown = ((await page.text("#chat-error")) or "").strip()
+        assert shown == "", f"{who} shows a send error: {shown!r}"
+
+    async def body(room: Room):
+        a, b, bot = room.a, room.b, room.bot
+        await send(a, "under the first key")
+        await wait_message(b, "under the first key")
+        first = (await state(a))["keyId"]
+        assert pc.is_uuid(first), first
+        first_record = await key_record(bot, room.channel_id, first)
+        figures["waited_1"] = await expire(a, first_record)
+
+        started = time.monotonic()
+        await send(a, "under a key made on expiry")
+        await wait_message(a, "under a key made on expiry")
+        figures["send_ms"] = (time.monotonic() - started) * 1000
+        await wait_message(b, "under a key made on expiry")
+        second = (await state(a))["keyId"]
+        assert pc.is_uuid(second) and second != first, (first, second)
+        second_record = await key_record(bot, room.channel_id, second)
+        assert second_record["creator_id"] == room.a_id, second_record
+        assert second_record["previous_key_id"] == first, second_record
+        await bot.wait_log(rf"key {re.escape(second[:8])} of #\S+ fetched: signature by {re.escape(room.a_name)}'s "
+                           r"pinned key verified", timeout=20)
+        await bot.wait_log(rf"decrypted with key {re.escape(second[:8])}, signature of {re.escape(room.a_name)} "
+                           r"checked against the pinned key: \S+: \"under a key made on expiry\"", timeout=20)
+        await no_send_error(a, "A")
+
+        # the other page's turn: the second key expires too, B's page makes the third
+        figures["waited_2"] = await expire(b, second_record)
+        await send(b, "B under the next key", enter=True)
+        await wait_message(b, "B under the next key")
+        await wait_message(a, "B under the next key")
+        third = (await state(b))["keyId"]
+        assert pc.is_uuid(third) and third not in (first, second), (first, second, third)
+        third_record = await key_record(bot, room.channel_id, third)
+        assert third_record["creator_id"] == room.b_id and third_record["previous_key_id"] == second, third_record
+        await bot.wait_log(rf"decrypted with key {re.escape(third[:8])}, signature of {re.escape(room.b_name)} "
+                           r"checked against the pinned key: \S+: \"B under the next key\"", timeout=20)
+        await no_send_error(b, "B")
+
+        expected = ["under the first key", "under a key made on expiry", "B under the next key"]
+        await asyncio.sleep(0.5)
+        a_messages = await check_all_verified(a, "A")
+        b_messages = await check_all_verified(b, "B")
+        assert [m["body"] for m in a_messages] == expected, a_messages
+        assert [(m["seq"], m["senderId"], m["body"]) for m in a_messages] == \
+               [(m["seq"], m["senderId"], m["body"]) for m in b_messages]
+        wire = await independent_history(relay, bot, room.channel_id)
+        assert [(m["seq"], m["body"]) for m in wire] == [(m["seq"], m["body"]) for m in a_messages], wire
+        assert [m["key_id"] for m in wire] == [first, second, third], wire
+        refused = re.findall(r"REFUSED: .*|SECURITY ALERT: .*", bot.log())
+        assert not refused, refused
+        assert not (await state(a))["alerts"] and not (await state(b))["alerts"]
+        await shot(a, "a-after-expiry-rotation")
+        no_problems(a, "A")
+        no_problems(b, "B")
+        figures["keys"] = [k[:8] for k in (first, second, third)]
+
+    await with_room(relay, "expiry", body)
+    print(f"\nscreenshots: {shots_dir()}")
+    print(f"figures: key lifetime {KEY_TTL} s; A sent, waited {figures['waited_1']:.1f} s: its page made key "
+          f"{figures['keys'][1]} (after {figures['keys'][0]}) and sent in {figures['send_ms']:.0f} ms, no send error; "
+          f"B waited {figures['waited_2']:.1f} s: its page made {figures['keys'][2]}; 3 messages verified in both "
+          f"browsers, by the bot and by the Python client, under 3 key ids")
+
+
+# ---------------------------------------------------------------------------
+# 9. a replaying relay: a copy of a message under a new seq is dropped, loudly
+#
+# As in 7, the test plays a compromised relay in its database: it copies one of B's
+# messages (same key_id, iv, ciphertext, ts, signature) to the next seq — dropping the
+# table's UNIQUE (key_id, iv) first, which an honest relay keeps — and moves the channel's
+# last_seq on. The page must not show it as a second message from B: client.js drops a
+# known (key_id, iv) under another seq and raises a "replay" alert.
+
+
+async def test_a_replaying_relay_is_caught(own_relay):
+    relay = own_relay().start()
+    figures = {}
+
+    async def shown(page: Page) -> list[dict]:
+        return await page.evaluate("""Array.from(document.querySelectorAll('#messages li.message')).map(li => ({
+            seq: Number(li.dataset.seq), senderId: li.dataset.senderId, verified: li.dataset.verified,
+            body: li.querySelector('.body')?.textContent}))""")
+
+    async def check_once(page: Page, who: str, original: int, copy: int, body_text: str) -> None:
+        dom = await shown(page)
+        assert copy not in [m["seq"] for m in dom], (who, "the replayed copy is shown", dom)
+        assert [m["seq"] for m in dom if m["body"] == body_text] == [original], (who, dom)
+        st = await state(page)
+        assert copy not in [m["seq"] for m in st["messages"]], (who, st["messages"])
+        assert [m["seq"] for m in st["messages"] if m["body"] == body_text] == [original], (who, st["messages"])
+
+    async def replay_alert(page: Page, who: str, copy: int) -> str:
+        return await page.wait_for(
+            f"window.parleyTest.state().alerts.find(a => /replay/i.test(a) && a.includes('seq {copy}'))",
+            timeout=20, what=f"{who}: a replay alert for seq {copy}")
+
+    async def body(room: Room):
+        a, b = room.a, room.b
+        cid = room.channel_id
+        await send(a, "before")
+        await send(b, "said once")
+        original = (await wait_message(a, "said once"))["seq"]
+        await wait_message(b, "said once")
+        await asyncio.sleep(0.5)   # both pages have recorded the (key_id, iv) as seen
+
+        # A's page is closed; the relay replays B's message as the channel's next seq
+        await a.goto("about:blank")
+        psql(relay, "ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_iv_once")
+        copy = int(psql(relay, f"""
+            WITH bumped AS (UPDATE channels SET last_seq = last_seq + 1 WHERE id = '{cid}' RETURNING last_seq)
+            INSERT INTO messages (channel_id, seq, sender_id, client_msg_id, key_id, iv, ciphertext, ts, received_at)
+            SELECT m.channel_id, bumped.last_seq, m.sender_id, gen_random_uuid(), m.key_id, m.iv, m.ciphertext,
+                   m.ts, now()
+            FROM messages m, bumped WHERE m.channel_id = '{cid}' AND m.seq = {original}
+            RETURNING seq"""))
+        pairs = psql(relay, f"SELECT count(*) FROM messages a JOIN messages b ON a.key_id = b.key_id AND a.iv = b.iv "
+                            f"WHERE a.channel_id = '{cid}' AND a.seq = {original} AND b.seq = {copy}")
+        assert copy > original and pairs == "1", (copy, pairs)
+
+        # A comes back: the page resumes after the last seq it saw, and the relay sends the copy
+        await a.goto(room.relay.http + "/")
+        await a.wait_visible("#screen-chat", timeout=20)
+        await select_channel(a, cid)
+        await wait_message(a, "said once")
+        figures["a_alert"] = await replay_alert(a, "A", copy)
+        await check_once(a, "A", original, copy, "said once")
+        await shot(a, "a-replay-dropped")
+
+        # B's page was open: the relay pushed nothing; B's next message (copy + 1) leaves a
+        # gap that B's page fills from history, and drops the copy there; A gets it live
+        await send(b, "after the replay")
+        after = (await wait_message(a, "after the replay"))["seq"]
+        await wait_message(b, "after the replay")
+        assert after == copy + 1, (after, copy)
+        figures["b_alert"] = await replay_alert(b, "B", copy)
+        await check_once(b, "B", original, copy, "said once")
+
+        # a fresh load of the history (reload: the newest page holds both rows) drops it too
+        for page, who in ((a, "A"), (b, "B")):
+            await page.reload()
+            await page.wait_visible("#screen-chat", timeout=20)
+            await select_channel(page, cid)
+            await wait_message(page, "after the replay")
+            await asyncio.sleep(0.5)
+            await check_once(page, who, original, copy, "said once")
+            messages = await check_all_verified(page, who)
+            assert [m["body"] for m in messages] == ["before", "said once", "after the replay"], (who, messages)
+            alerts = (await state(page))["alerts"]
+            figures[f"{who}_alerts_after_reload"] = len(alerts)
+        # nothing else went wrong: no unverifiable rows, no other kind of alert
+        for page, who in ((a, "A"), (b, "B")):
+            others = [x for x in (await state(page))["alerts"] if not re.search(r"replay", x, re.I)]
+            assert not others, (who, others)
+            no_problems(page, who)
+        await shot(b, "b-replay-dropped")
+
+    await with_room(relay, "replay", body, with_bot=False)
+    print(f"\nscreenshots: {shots_dir()}")
+    print(f"figures: B's message copied by the relay to a new seq (same key_id and iv): A's page, resuming, "
+          f"alerted {figures['a_alert']!r}; B's page, filling the gap before its next message, alerted "
+          f"{figures['b_alert']!r}; neither showed the copy, before or after a reload (alerts after reload: "
+          f"A {figures['A_alerts_after_reload']}, B {figures['B_alerts_after_reload']})")
