@@ -8,8 +8,7 @@ final class HealthMonitor: @unchecked Sendable {
     private let log: Log
     private let lock = NSLock()
     private var lastSuccess: Date?        // guarded by lock
-    private var stopping = false          // guarded by lock
-    private var thread: Thread?           // guarded by lock
+    private let thread = BackgroundThread(name: "parley-health")
 
     /// Whether the last check answered (health thread only): changes are logged.
     private var wasUp: Bool?
@@ -26,30 +25,21 @@ final class HealthMonitor: @unchecked Sendable {
 
     func start() {
         check(nil)
-        let thread = Thread { [self] in
+        thread.start { [self] in
             var connection: PostgresConnection?
             var lastSweep: Date?
-            while !(lock.withLock { stopping }) {
+            while !thread.isStopping {
                 connection = check(connection)
                 if let connection, lastSweep.map({ Date().timeIntervalSince($0) >= Housekeeping.interval }) ?? true {
                     lastSweep = Date()
                     sweep(on: connection)
                 }
-                for _ in 0..<10 where !(lock.withLock { stopping }) { usleep(100_000) }
+                for _ in 0..<10 where !thread.isStopping { usleep(100_000) }
             }
         }
-        thread.name = "parley-health"
-        lock.withLock { self.thread = thread }
-        thread.start()
     }
 
-    func stop() {
-        let thread: Thread? = lock.withLock {
-            stopping = true
-            return self.thread
-        }
-        while let thread, !thread.isFinished { usleep(2000) }
-    }
+    func stop() { thread.stop() }
 
     /// Expired challenges and sessions go (Housekeeping); a failure waits for the next round.
     private func sweep(on connection: PostgresConnection) {

@@ -58,8 +58,7 @@ final class ClusterListener: @unchecked Sendable {
 
     private let lock = NSLock()
     private var watched: Set<ID> = []          // guarded by lock
-    private var stopping = false                // guarded by lock
-    private var thread: Thread?                 // guarded by lock
+    private let thread = BackgroundThread(name: "parley-listen")
 
     init(connectionString: String, nodeID: ID, completions: CompletionQueue, metrics: Metrics, log: Log) {
         self.connectionString = connectionString
@@ -75,22 +74,11 @@ final class ClusterListener: @unchecked Sendable {
     /// A channel lost its last subscriber on this node (service thread).
     func unwatch(_ channelID: ID) { _ = lock.withLock { watched.remove(channelID) } }
 
-    private var isStopping: Bool { lock.withLock { stopping } }
+    private var isStopping: Bool { thread.isStopping }
 
-    func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "parley-listen"
-        lock.withLock { self.thread = thread }
-        thread.start()
-    }
+    func start() { thread.start { [self] in run() } }
 
-    func stop() {
-        let thread: Thread? = lock.withLock {
-            stopping = true
-            return self.thread
-        }
-        while let thread, !thread.isFinished { usleep(2000) }
-    }
+    func stop() { thread.stop() }
 
     // MARK: - The thread
 
